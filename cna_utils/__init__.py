@@ -1,0 +1,37 @@
+"""cna_utils: the library behind the book "Comparative Neuron Analysis of arithmetic, reproduced".
+
+It reproduces Yu & Ananiadou (EMNLP 2024), "Interpreting Arithmetic Mechanism in Large Language
+Models through Comparative Neuron Analysis", on any supported causal LM.
+
+Models (``models``)
+    load_model(name="smollm2-135m", device=None, dtype=None) -> (model, tokenizer)
+    spec(model) -> ModelSpec            shape facts and family (llama, gpt2, gptj, gpt_neox)
+    layers / attention / o_proj / mlp / down_proj / ffn_values / ffn_keys / final_norm / unembed
+Data (``data``)
+    arithmetic_dataset(ops, digits, templates, words, n, seed, negative, tokenizer) -> [Case]
+    align(cases, tokenizer)             token-aligned answers (the leading-space trap handled)
+    digit_cases(cases)                  one teacher-forced case per answer digit (memorize / change-one)
+Evaluation (``evaluate``)
+    accuracy(model, tokenizer, cases) -> per-case DataFrame;  summarize(frame, by)
+Tracing (``tracing``)
+    trace(model, tokenizer, prompts, positions, layers, keep) -> Trace
+    frozen_norm / frozen_logits         the final norm with statistics frozen at the real residual
+Heads (``heads``)
+    ablate_heads(model, heads, method="zero"|"mean", means)   context manager (o_proj input slices)
+    head_means(model, tokenizer, cases);  zeroed_in_weights(model, heads)  (the authors' way)
+    head_sweep(model, tokenizer, cases, heads=None, ...) -> DataFrame   batched, resumable
+Profiles and paper numbers (``profiles``, ``paper``)
+    get_profile(name=None);  paper_table(key)
+
+Sign conventions: accuracies are fractions in [0, 1]; a "drop" is base minus ablated (bigger =
+more important); log-probabilities are natural logs.
+"""
+from .data import AlignmentError, Case, align, arithmetic_dataset, digit_cases, digit_kinds, number_word
+from .evaluate import accuracy, summarize, token_table
+from .heads import ablate_heads, head_means, head_name, head_sweep, parse_heads, zeroed_in_weights
+from .models import (BUILTIN_MODELS, ModelSpec, UnsupportedModelError, attention, down_proj, ffn_keys,
+                     ffn_values, final_norm, layers, load_model, mlp, o_proj, pick_device, pre_ffn_norm, spec,
+                     unembed)
+from .tracing import Trace, frozen_logits, frozen_norm, trace
+
+__version__ = "0.1.0"

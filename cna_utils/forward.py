@@ -1,0 +1,161 @@
+"""Batched, left-padded forwards that score answer tokens; starting a forward at any layer.
+
+Usage::
+
+    batch = encode(tok, cases)                       # prompt + answer[:-1], left padded
+    logits = answer_logits(model, batch)             # [B, S, vocab] at the S answer slots
+    s = score(logits, batch.targets)                 # first-token / full-answer correctness, log-probs
+
+Conventions. Sequences are padded on the LEFT so every case's answer slots are the last S
+positions; ``position_ids`` count real tokens only (so absolute-position models see the same
+positions as an unpadded run). Teacher forcing: the model reads prompt + answer[:-1] and slot j
+predicts answer token j.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .models import _family, _get, base_model, layers, unembed
+
+__all__ = ["Batch", "encode", "hidden_at_answers", "answer_logits", "score", "start_at_layer", "model_device"]
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@dataclass
+class Batch:
+    """Tensors of one left-padded batch.
+
+    input_ids, attention_mask, position_ids: [B, T]; targets: [B, S] gold answer ids right-aligned
+    in the last S slots (-1 where a case has fewer answer tokens); n_answer: [B]."""
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    targets: torch.Tensor
+    n_answer: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def repeat(self, k: int) -> "Batch":
+        """k copies stacked replica-major: row r*B + i is case i of replica r."""
+        return Batch(*(t.repeat(k, *([1] * (t.dim() - 1))) for t in
+                       (self.input_ids, self.attention_mask, self.position_ids, self.targets, self.n_answer)))
+
+
+def _pad_id(tokenizer) -> int:
+    if tokenizer is None:
+        return 0
+    pid = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return int(pid or 0)
+
+
+def encode(tokenizer, cases, device=None) -> Batch:
+    """Left-pad aligned cases (see ``data.align``) into one ``Batch``.
+
+    Accepts ``Case`` objects or plain lists of token ids (then nothing is scored: S=1, target -1)."""
+    if len(cases) == 0:
+        raise ValueError("no cases given: pass a non-empty list of cases")
+    seqs, answers = [], []
+    for c in cases:
+        if isinstance(c, (list, tuple)):
+            seqs.append(list(c))
+            answers.append([])
+            continue
+        if not c.answer_ids:
+            raise ValueError(f"case {c.prompt!r} is not aligned to a tokenizer: call align(cases, tokenizer)")
+        seqs.append(list(c.prompt_ids) + list(c.answer_ids[:-1]))
+        answers.append(list(c.answer_ids))
+    T = max(len(s) for s in seqs)
+    S = max(1, max(len(a) for a in answers))
+    B = len(seqs)
+    ids = torch.full((B, T), _pad_id(tokenizer), dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    targets = torch.full((B, S), -1, dtype=torch.long)
+    for i, (s, a) in enumerate(zip(seqs, answers)):
+        ids[i, T - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, T - len(s):] = 1
+        if a:
+            targets[i, S - len(a):] = torch.tensor(a, dtype=torch.long)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    n_ans = torch.tensor([len(a) for a in answers], dtype=torch.long)
+    batch = Batch(ids, mask, pos, targets, n_ans)
+    if device is not None:
+        batch = Batch(*(t.to(device) for t in (ids, mask, pos, targets, n_ans)))
+    return batch
+
+
+@contextmanager
+def start_at_layer(model, layer: int):
+    """Within the block, ``base_model(model)(inputs_embeds=x^{layer-1}, ...)`` runs layers
+    ``layer..L-1`` only (plus the final norm): the decoder list is temporarily cut, learned
+    position embeddings are silenced (x already contains them). Restored on exit."""
+    fam = _family(model)
+    parent_path, _, attr = fam.layers.rpartition(".")
+    parent = _get(model, parent_path)
+    full = layers(model)
+    cfg = model.config
+    layer_types = getattr(cfg, "layer_types", None)
+    handle = None
+    setattr(parent, attr, nn.ModuleList(list(full)[layer:]))
+    try:
+        if layer_types is not None:
+            cfg.layer_types = list(layer_types)[layer:]
+        if fam.position_embedding is not None and layer > 0:
+            handle = _get(model, fam.position_embedding).register_forward_hook(lambda m, i, o: torch.zeros_like(o))
+        elif fam.position_embedding is not None:
+            raise ValueError("start_at_layer(model, 0) needs token ids, not a residual: run the model normally")
+        yield
+    finally:
+        setattr(parent, attr, full)
+        if layer_types is not None:
+            cfg.layer_types = layer_types
+        if handle is not None:
+            handle.remove()
+
+
+def hidden_at_answers(model, batch: Batch, start_layer: int = 0, resid: torch.Tensor | None = None) -> torch.Tensor:
+    """Final-normed hidden states at the answer slots: [B, S, d_model].
+
+    With ``start_layer > 0``, ``resid`` is x^{start_layer-1} for all positions ([B, T, d_model]) and
+    only the layers from ``start_layer`` on are run."""
+    S = batch.targets.shape[1]
+    kw = dict(attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False)
+    if start_layer == 0:
+        h = base_model(model)(input_ids=batch.input_ids, **kw).last_hidden_state
+    else:
+        with start_at_layer(model, start_layer):
+            h = base_model(model)(inputs_embeds=resid, **kw).last_hidden_state
+    return h[:, -S:]
+
+
+def answer_logits(model, batch: Batch, start_layer: int = 0, resid: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits at the answer slots only: [B, S, vocab] (the LM head is applied to S positions, not T)."""
+    return unembed(model)(hidden_at_answers(model, batch, start_layer, resid))
+
+
+@torch.no_grad()
+def score(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Score answer slots. logits: [B, S, V]; targets: [B, S] (-1 = no token).
+
+    Returns (all on CPU): ``first_correct`` [B] bool (argmax == first answer token),
+    ``answer_correct`` [B] bool (every answer token is the argmax, teacher-forced),
+    ``gold_logprob`` [B] float (log p of the first answer token; larger = more confident),
+    ``token_correct`` [B, S] bool (False where target is -1), ``pred`` [B] first-slot argmax id."""
+    logits = logits.float()
+    valid = targets >= 0
+    safe = targets.clamp(min=0)
+    lse = torch.logsumexp(logits, dim=-1)                                  # [B, S]
+    gold = logits.gather(-1, safe.unsqueeze(-1)).squeeze(-1) - lse         # [B, S]
+    pred = logits.argmax(-1)                                               # [B, S]
+    tok_ok = (pred == safe) & valid
+    first = valid.long().argmax(-1)                                        # first valid slot per row
+    rows = torch.arange(len(targets), device=targets.device)
+    return dict(first_correct=tok_ok[rows, first].cpu(), answer_correct=(tok_ok | ~valid).all(-1).cpu(),
+                gold_logprob=gold[rows, first].cpu(), token_correct=tok_ok.cpu(), pred=pred[rows, first].cpu())

@@ -1,0 +1,302 @@
+"""Attention-head interventions (paper Section 3.2) and the batched all-heads sweep.
+
+Usage::
+
+    with ablate_heads(model, [(17, 22)]):          # zero head 22 of layer 17
+        acc = accuracy(model, tok, cases)
+    df = head_sweep(model, tok, cases)             # every head, one at a time, batched
+
+The paper "intervenes the head by setting its parameters to zero". A head's only private
+parameters after the attention pattern are its head_dim-wide slice of the o_proj INPUT (the
+columns of o_proj's weight it multiplies), so we zero that slice with a forward pre-hook. This is
+identical to zeroing those o_proj weight columns (the authors' code; ``zeroed_in_weights`` does
+that, and the tests show the two agree). With grouped-query attention (GQA) query head h reads
+key/value head h // (n_heads / n_kv_heads); the KV head is shared, so ablating query head h still
+zeroes only h's own o_proj input slice. Zeroing slices of the o_proj OUTPUT would be wrong: those
+d_model slices are not heads.
+
+``method="mean"`` replaces the slice with its mean over a reference set instead of zero
+(``head_means``): the paper leaves open whether zero ablation exaggerates effects.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .data import align
+from .evaluate import summarize
+from .forward import answer_logits, encode, model_device, score
+from .models import layers, model_label, o_proj, spec, weight_out_in
+
+__all__ = ["ablate_heads", "head_means", "zeroed_in_weights", "head_sweep", "parse_heads", "head_name"]
+
+
+def head_name(layer: int, head: int) -> str:
+    """The paper's "layer_head" name, e.g. (17, 22) -> "17_22"."""
+    return f"{layer}_{head}"
+
+
+def parse_heads(model, heads) -> list[tuple[int, int]]:
+    """Normalise ``[(17, 22), "15_9", ...]`` to (layer, head) tuples and check their range."""
+    s = spec(model)
+    if isinstance(heads, (str, tuple)) and not (isinstance(heads, tuple) and heads and isinstance(heads[0], tuple)):
+        heads = [heads]
+    out = []
+    for h in heads:
+        if isinstance(h, str):
+            try:
+                l, k = (int(x) for x in h.split("_"))
+            except ValueError:
+                raise ValueError(f"head {h!r} is not of the form 'layer_head', e.g. '17_22'") from None
+        else:
+            l, k = (int(x) for x in h)
+        if not (0 <= l < s.n_layers and 0 <= k < s.n_heads):
+            raise IndexError(f"head ({l}, {k}) is out of range: this model has layers 0..{s.n_layers - 1} "
+                             f"and heads 0..{s.n_heads - 1} per layer")
+        out.append((l, k))
+    return out
+
+
+def _mask_hook(n_heads: int, head_dim: int, mask: torch.Tensor, means: torch.Tensor | None):
+    """Pre-hook for o_proj. mask: [R, H] (1 keep, 0 ablate), one row per batch row (R=1 broadcasts);
+    means: [H, head_dim] or None (zero ablation)."""
+    def hook(module, args):
+        x = args[0]                                                    # [R, T, H*dh]
+        shape = x.shape
+        xh = x.view(*shape[:-1], n_heads, head_dim)                    # [R, T, H, dh]
+        m = mask.to(x.dtype).view(mask.shape[0], *([1] * (xh.dim() - 3)), n_heads, 1)
+        y = xh * m
+        if means is not None:
+            y = y + (1 - m) * means.to(x.dtype)
+        return (y.reshape(shape),) + tuple(args[1:])
+    return hook
+
+
+@contextmanager
+def ablate_heads(model, heads, method: str = "zero", means: torch.Tensor | None = None):
+    """Ablate the given heads while inside the block; hooks are removed on exit, even on errors.
+
+    heads: ``[(layer, head), ...]`` or ``["17_22", ...]``. method: "zero" or "mean" (needs ``means``
+    from ``head_means``: [n_layers, n_heads, head_dim])."""
+    if method not in ("zero", "mean"):
+        raise ValueError(f"unknown ablation method {method!r}: use 'zero' or 'mean'")
+    if method == "mean" and means is None:
+        raise ValueError("method='mean' needs means=head_means(model, tokenizer, reference_cases)")
+    s = spec(model)
+    by_layer: dict[int, list[int]] = {}
+    for l, h in parse_heads(model, heads):
+        by_layer.setdefault(l, []).append(h)
+    handles = []
+    try:
+        for l, hs in by_layer.items():
+            mask = torch.ones(1, s.n_heads, device=model_device(model))
+            mask[0, hs] = 0
+            mu = means[l].to(mask.device) if method == "mean" else None
+            handles.append(o_proj(model, l).register_forward_pre_hook(_mask_hook(s.n_heads, s.head_dim, mask, mu)))
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def zeroed_in_weights(model, heads):
+    """The authors' intervention: zero each head's o_proj weight COLUMNS in place (restored on exit)."""
+    s = spec(model)
+    saved = []
+    try:
+        with torch.no_grad():
+            for l, h in parse_heads(model, heads):
+                w = weight_out_in(o_proj(model, l))                      # [d_model, H*dh] view
+                cols = slice(h * s.head_dim, (h + 1) * s.head_dim)
+                saved.append((w, cols, w[:, cols].clone()))
+                w[:, cols] = 0
+        yield model
+    finally:
+        with torch.no_grad():
+            for w, cols, old in reversed(saved):
+                w[:, cols] = old
+
+
+def _capture_pre(module_list, store: dict, what):
+    """Register pre-hooks on {layer: module}; store[layer] = what(input tensor)."""
+    handles = []
+    for l, mod in module_list.items():
+        def hook(m, args, kwargs, l=l):
+            x = args[0] if args else kwargs["hidden_states"]
+            store[l] = what(x)
+        handles.append(mod.register_forward_pre_hook(hook, with_kwargs=True))
+    return handles
+
+
+@torch.no_grad()
+def head_means(model, tokenizer, cases, batch_size: int = 64) -> torch.Tensor:
+    """Mean of every head's o_proj-input slice over all real token positions of ``cases``:
+    [n_layers, n_heads, head_dim]. The reference for ``method="mean"``."""
+    s = spec(model)
+    cases = align(cases, tokenizer)
+    total = torch.zeros(s.n_layers, s.n_heads * s.head_dim, dtype=torch.float64)
+    count = 0
+    for i in range(0, len(cases), batch_size):
+        batch = encode(tokenizer, cases[i:i + batch_size], model_device(model))
+        m = batch.attention_mask.unsqueeze(-1).to(torch.float64)
+        store = {}
+        handles = _capture_pre({l: o_proj(model, l) for l in range(s.n_layers)}, store,
+                               lambda x: (x.to(torch.float64) * m).sum((0, 1)).cpu())
+        try:
+            answer_logits(model, batch)
+        finally:
+            for h in handles:
+                h.remove()
+        for l, v in store.items():
+            total[l] += v
+        count += int(batch.attention_mask.sum())
+    return (total / count).view(s.n_layers, s.n_heads, s.head_dim).float()
+
+
+def _fingerprint(model, cases, method, means) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([model_label(model), str(spec(model)), method, str(next(model.parameters()).dtype)]).encode())
+    for c in cases:
+        h.update(json.dumps([c.prompt_ids, c.answer_ids]).encode())
+    if means is not None:
+        h.update(means.detach().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def head_sweep(model, tokenizer, cases, heads=None, method: str = "zero", means: torch.Tensor | None = None,
+               by=("op",), batch_size: int = 32, rows_per_forward: int = 512, cache_dir: str | os.PathLike | None = None,
+               progress: bool = True, per_case: bool = False) -> pd.DataFrame:
+    """Ablate every head (or ``heads``) one at a time and score ``cases`` each time.
+
+    Batched: one baseline forward per batch of cases caches the residual stream x^{l-1}; for layer
+    l, the batch is replicated once per head of that layer (each replica row has its own head
+    mask in the o_proj pre-hook) and the forward STARTS at layer l from the cached residual; the LM
+    head runs on the answer positions only. Up to ``rows_per_forward`` rows (cases x heads) go in
+    one forward. Results equal a loop of one hooked full forward per head (tests check it).
+
+    ``method="mean"`` uses ``means`` or, if None, the head means over ``cases`` themselves.
+    ``cache_dir``: each finished layer is saved there; a rerun with the same model, cases and method
+    loads finished layers instead of recomputing them (interrupt-safe).
+
+    Returns a DataFrame with one row per (layer, head, *by) plus ``by`` = "all" rows: ``n``,
+    ``accuracy`` (first answer token), ``answer_accuracy`` (all answer tokens, teacher-forced),
+    ``gold_logprob`` (mean log p of the first answer token), the same with ``base_`` for the
+    unablated model, and ``drop`` = base_accuracy - accuracy (bigger = more important head).
+    With ``per_case=True`` returns the long per-(head, case) frame instead.
+    """
+    s = spec(model)
+    if len(cases) == 0:
+        raise ValueError("no cases given: pass a non-empty list of cases (see arithmetic_dataset)")
+    cases = align(cases, tokenizer)
+    heads = [(l, h) for l in range(s.n_layers) for h in range(s.n_heads)] if heads is None else parse_heads(model, heads)
+    if not heads:
+        raise ValueError("heads is empty: pass None for every head or a list like [(17, 22)]")
+    need = sorted({l for l, _ in heads})
+    dev = model_device(model)
+    order = sorted(range(len(cases)), key=lambda i: len(cases[i].prompt_ids) + len(cases[i].answer_ids))
+    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+    # Baseline pass: cache x^{l-1} at every needed layer, and the baseline scores.
+    base = {k: torch.zeros(len(cases), dtype=torch.bool if k != "gold_logprob" else torch.float32)
+            for k in ("first_correct", "answer_correct", "gold_logprob")}
+    resid, batches = [], []
+    sums = torch.zeros(s.n_layers, s.n_heads * s.head_dim, dtype=torch.float64) if (method == "mean" and means is None) else None
+    n_tok = 0
+    for idx in chunks:
+        batch = encode(tokenizer, [cases[i] for i in idx], dev)
+        store: dict = {}
+        handles = _capture_pre({l: layers(model)[l] for l in need if l > 0}, store, lambda x: x)
+        if sums is not None:
+            m = batch.attention_mask.unsqueeze(-1).to(torch.float64)
+            ostore: dict = {}
+            handles += _capture_pre({l: o_proj(model, l) for l in range(s.n_layers)}, ostore,
+                                    lambda x, m=m: (x.to(torch.float64) * m).sum((0, 1)).cpu())
+        try:
+            sc = score(answer_logits(model, batch), batch.targets)
+        finally:
+            for h in handles:
+                h.remove()
+        if sums is not None:
+            for l, v in ostore.items():
+                sums[l] += v
+            n_tok += int(batch.attention_mask.sum())
+        for k in base:
+            base[k][idx] = sc[k]
+        resid.append(store)
+        batches.append(batch)
+    if method == "mean" and means is None:
+        means = (sums / n_tok).view(s.n_layers, s.n_heads, s.head_dim).float()
+    if method not in ("zero", "mean"):
+        raise ValueError(f"unknown ablation method {method!r}: use 'zero' or 'mean'")
+
+    fp = _fingerprint(model, cases, method, means)
+    cache = Path(cache_dir) if cache_dir is not None else None
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+    results: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+    todo = []
+    for l in need:
+        f = cache / f"layer_{l:03d}.pt" if cache is not None else None
+        saved = torch.load(f) if f is not None and f.exists() else None
+        if saved is not None and saved.get("fingerprint") == fp:
+            results.update({tuple(k): v for k, v in saved["heads"].items()})
+        else:
+            todo.append(l)
+    bar = tqdm(total=len(todo) * len(chunks), desc="head sweep (layer x batch)", disable=not progress)
+    for l in todo:
+        lheads = [h for (ll, h) in heads if ll == l]
+        per_head = {h: {k: torch.zeros_like(v) for k, v in base.items()} for h in lheads}
+        for idx, batch, store in zip(chunks, batches, resid):
+            B = len(idx)
+            k = max(1, rows_per_forward // B)
+            for j in range(0, len(lheads), k):
+                group = lheads[j:j + k]
+                mask = torch.ones(len(group) * B, s.n_heads, device=dev)
+                mask[torch.arange(len(group) * B), torch.tensor(group).repeat_interleave(B)] = 0
+                hook = _mask_hook(s.n_heads, s.head_dim, mask, means[l].to(dev) if method == "mean" else None)
+                rb = batch.repeat(len(group))
+                handle = o_proj(model, l).register_forward_pre_hook(hook)
+                try:
+                    if l == 0:
+                        logits = answer_logits(model, rb)
+                    else:
+                        logits = answer_logits(model, rb, start_layer=l, resid=store[l].repeat(len(group), 1, 1))
+                finally:
+                    handle.remove()
+                sc = score(logits, rb.targets)
+                for r, h in enumerate(group):
+                    for key in per_head[h]:
+                        per_head[h][key][idx] = sc[key][r * B:(r + 1) * B]
+            bar.update(1)
+        results.update({(l, h): v for h, v in per_head.items()})
+        if cache is not None:
+            tmp = cache / f"layer_{l:03d}.pt.tmp"
+            torch.save({"fingerprint": fp, "heads": {(l, h): v for h, v in per_head.items()}}, tmp)
+            os.replace(tmp, cache / f"layer_{l:03d}.pt")
+    bar.close()
+
+    info = pd.DataFrame([c.to_row() for c in cases])
+    frames = []
+    for (l, h) in heads:
+        r = results[(l, h)]
+        f = info.copy()
+        f.insert(0, "case", range(len(cases)))
+        f.insert(0, "head", h)
+        f.insert(0, "layer", l)
+        for key, v in r.items():
+            f[key] = v.numpy()
+            f["base_" + key] = base[key].numpy()
+        frames.append(f)
+    long = pd.concat(frames, ignore_index=True)
+    if per_case:
+        return long
+    return summarize(long, by=by, keys=("layer", "head"))

@@ -1,0 +1,199 @@
+"""One forward that captures the paper's quantities per layer; the final norm with frozen statistics.
+
+Usage::
+
+    tr = trace(model, tok, ["3 + 5 = "])           # last position, every layer
+    tr.resid_mid[:, 17]                            # r^17 = x^16 + A^17 at the last position: [B, d_model]
+    tr.coef[:, 28, 3696]                           # coefficient score m of neuron 28_3696
+    logits = frozen_logits(model, tr.resid_out[:, -1], tr.norm_scale, tr.norm_mean)   # == model logits
+
+Captured (layer l, paper Section 3.1 notation), shapes for ``positions="last"`` / ``"all"``:
+
+* ``resid_in``   x^{l-1}, the layer input          [B, L, d]   / [B, T, L, d]
+* ``attn_out``   A^l, the attention output          [B, L, d]   / [B, T, L, d]
+* ``head_in``    per-head o_proj input              [B, L, H, dh] / [B, T, L, H, dh]
+* ``resid_mid``  r^l = x^{l-1} + A^l ("residual output") [B, L, d]
+* ``coef``       m^l, input of down_proj / fc_out   [B, L, d_mlp]
+* ``ffn_out``    F^l = sum_k m_k v_k (+ bias)       [B, L, d]
+* ``resid_out``  x^l, the layer output              [B, L, d]
+* ``norm_scale`` / ``norm_mean``: statistics of the final norm at x^{L-1} (RMSNorm:
+  sqrt(mean(x^2) + eps), mean 0; LayerNorm: sqrt(var + eps) and the mean)  [B] / [B, T]
+
+``L`` indexes the selected ``layers`` in order (``tr.layers`` lists them). With ``"all"``,
+position t is the t-th REAL token of the prompt (padding removed; ``tr.lengths`` gives each
+prompt's length; padded slots hold zeros).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .data import Case
+from .forward import answer_logits, encode, model_device
+from .models import attention, down_proj, final_norm, layers as layer_list, mlp, o_proj, spec, unembed
+
+__all__ = ["Trace", "trace", "frozen_norm", "frozen_logits", "KEEP_ALL"]
+
+KEEP_ALL = ("resid_in", "attn_out", "head_in", "resid_mid", "coef", "ffn_out", "resid_out")
+
+
+@dataclass
+class Trace:
+    layers: list[int]
+    positions: str
+    lengths: torch.Tensor                 # [B] real tokens per prompt
+    norm_scale: torch.Tensor              # [B] or [B, T]
+    norm_mean: torch.Tensor               # [B] or [B, T]
+    logits: torch.Tensor                  # [B, vocab] the model's logits at the last position
+    tensors: dict = field(default_factory=dict)
+
+    def __getattr__(self, name):
+        tensors = self.__dict__.get("tensors", {})
+        if name in tensors:
+            return tensors[name]
+        raise AttributeError(f"Trace has no {name!r}; captured: {sorted(tensors)} (pass keep=... to trace)")
+
+    def layer_index(self, layer: int) -> int:
+        """Position of model layer ``layer`` along the L axis."""
+        try:
+            return self.layers.index(layer)
+        except ValueError:
+            raise IndexError(f"layer {layer} was not traced; traced layers: {self.layers}") from None
+
+
+def _norm_stats(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x: [..., d] -> (scale, mean) of the final norm, each [...]."""
+    s = spec(model)
+    xf = x.float()
+    if s.family == "llama":
+        return torch.sqrt(xf.pow(2).mean(-1) + s.norm_eps), torch.zeros(xf.shape[:-1], device=x.device)
+    mu = xf.mean(-1)
+    return torch.sqrt(xf.var(-1, unbiased=False) + s.norm_eps), mu
+
+
+def frozen_norm(model, h: torch.Tensor, scale: torch.Tensor, mean: torch.Tensor | None = None) -> torch.Tensor:
+    """The final norm N with statistics frozen: (h - mean) / scale * g (+ b for LayerNorm).
+    h: [..., d]; scale, mean: [...]. Returns [..., d] in float32."""
+    n = final_norm(model)
+    y = h.float()
+    if mean is not None:
+        y = y - mean.float().unsqueeze(-1)
+    y = y / scale.float().unsqueeze(-1) * n.weight.float()
+    if getattr(n, "bias", None) is not None:
+        y = y + n.bias.float()
+    return y
+
+
+def frozen_logits(model, h: torch.Tensor, scale: torch.Tensor, mean: torch.Tensor | None = None) -> torch.Tensor:
+    """E_u N(h) with frozen norm statistics: [..., vocab]. Applied to the real final residual it
+    reproduces the model's logits (tested)."""
+    u = unembed(model)
+    w = u.weight.float()
+    out = frozen_norm(model, h, scale, mean) @ w.t()
+    if getattr(u, "bias", None) is not None:
+        out = out + u.bias.float()
+    return out
+
+
+def _first(x):
+    return x[0] if isinstance(x, tuple) else x
+
+
+@torch.no_grad()
+def trace(model, tokenizer, prompts, positions: str = "last", layers=None, keep=KEEP_ALL,
+          batch_size: int = 64, device=None) -> Trace:
+    """Run the model once over ``prompts`` (strings, aligned ``Case`` objects -- their prompt ids
+    are used -- or token-id lists) and capture the quantities listed in the module docstring.
+
+    ``positions``: "last" (the last real token; memory O(B x L)) or "all". ``layers``: which
+    layers to keep (default all). ``keep``: which quantities (default all of ``KEEP_ALL``).
+    Tensors are returned on the CPU in float32."""
+    if positions not in ("last", "all"):
+        raise ValueError(f"positions must be 'last' or 'all', got {positions!r}")
+    if len(prompts) == 0:
+        raise ValueError("no prompts given")
+    bad = [k for k in keep if k not in KEEP_ALL]
+    if bad:
+        raise ValueError(f"unknown quantities {bad}; choose from {KEEP_ALL}")
+    s = spec(model)
+    sel = list(range(s.n_layers)) if layers is None else sorted(set(layers))
+    for l in sel:
+        if not 0 <= l < s.n_layers:
+            raise IndexError(f"layer {l} is out of range: this model has layers 0..{s.n_layers - 1}")
+    seqs = []
+    for p in prompts:
+        if isinstance(p, str):
+            seqs.append(tokenizer(p)["input_ids"])
+        elif isinstance(p, Case):
+            if not p.prompt_ids:
+                raise ValueError("Case objects must be aligned first: align(cases, tokenizer)")
+            seqs.append(list(p.prompt_ids))
+        else:
+            seqs.append(list(p))
+    dev = device or model_device(model)
+    out: dict[str, list] = {k: [] for k in keep}
+    scales, means, logits, lengths = [], [], [], []
+    for i in range(0, len(seqs), batch_size):
+        batch = encode(tokenizer, seqs[i:i + batch_size], dev)
+        T = batch.input_ids.shape[1]
+        mask = batch.attention_mask.bool()
+        lens = mask.sum(-1)
+
+        def select(x):            # [B, T, ...] left-padded -> [B, ...] last or [B, T, ...] right-padded
+            if positions == "last":
+                return x[:, -1].float().cpu()
+            y = torch.zeros_like(x, dtype=torch.float32)
+            for b in range(x.shape[0]):
+                n = int(lens[b])
+                y[b, :n] = x[b, T - n:].float()
+            return y.cpu()
+
+        cap: dict[tuple[str, int], torch.Tensor] = {}
+        handles = []
+
+        def reg(mod, name, l, pre=False):
+            if pre:
+                def hook(m, args, kwargs):
+                    cap[(name, l)] = select(args[0] if args else kwargs["hidden_states"])
+                handles.append(mod.register_forward_pre_hook(hook, with_kwargs=True))
+            else:
+                def hook(m, args, output):
+                    cap[(name, l)] = select(_first(output))
+                handles.append(mod.register_forward_hook(hook))
+
+        for l in sel:
+            reg(layer_list(model)[l], "resid_in", l, pre=True)
+            reg(attention(model, l), "attn_out", l)
+            reg(o_proj(model, l), "head_in", l, pre=True)
+            reg(down_proj(model, l), "coef", l, pre=True)
+            reg(mlp(model, l), "ffn_out", l)
+            reg(layer_list(model)[l], "resid_out", l)
+        reg(final_norm(model), "final_in", -1, pre=True)
+        try:
+            logit = answer_logits(model, batch)[:, -1].float().cpu()
+        finally:
+            for h in handles:
+                h.remove()
+        for k in keep:
+            if k == "resid_mid":
+                vals = [cap[("resid_in", l)] + cap[("attn_out", l)] for l in sel]
+            elif k == "head_in":
+                vals = [cap[(k, l)].view(*cap[(k, l)].shape[:-1], s.n_heads, s.head_dim) for l in sel]
+            else:
+                vals = [cap[(k, l)] for l in sel]
+            out[k].append(torch.stack(vals, dim=1 if positions == "last" else 2))
+        sc, mu = _norm_stats(model, cap[("final_in", -1)])
+        scales.append(sc)
+        means.append(mu)
+        logits.append(logit)
+        lengths.append(lens.cpu())
+
+    def cat(xs):
+        if positions == "last" or xs[0].dim() < 2:
+            return torch.cat(xs)
+        T = max(x.shape[1] for x in xs)
+        return torch.cat([torch.nn.functional.pad(x, [0, 0] * (x.dim() - 2) + [0, T - x.shape[1]]) for x in xs])
+
+    return Trace(layers=sel, positions=positions, lengths=torch.cat(lengths), norm_scale=cat(scales),
+                 norm_mean=cat(means), logits=torch.cat(logits), tensors={k: cat(v) for k, v in out.items()})
