@@ -31,7 +31,7 @@ from .evaluate import accuracy, summarize, token_table
 from .heads import ablate_heads, head_means, head_name, head_sweep, parse_heads, zeroed_in_weights
 from .models import (BUILTIN_MODELS, ModelSpec, UnsupportedModelError, attention, down_proj, ffn_keys,
                      ffn_values, final_norm, layers, load_model, mlp, o_proj, pick_device, pre_ffn_norm, spec,
-                     unembed)
+                     unembed, weight_out_in)
 from .tracing import Trace, frozen_logits, frozen_norm, trace
 
 __version__ = "0.1.0"

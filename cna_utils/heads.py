@@ -138,7 +138,8 @@ def _capture_pre(module_list, store: dict, what):
 
 @torch.no_grad()
 def head_means(model, tokenizer, cases, batch_size: int = 64) -> torch.Tensor:
-    """Mean of every head's o_proj-input slice over all real token positions of ``cases``:
+    """Mean of every head's o_proj-input slice over all real token positions of ``cases`` (the
+    prompt and the teacher-forced answer tokens, as the model reads them):
     [n_layers, n_heads, head_dim]. The reference for ``method="mean"``."""
     s = spec(model)
     cases = align(cases, tokenizer)

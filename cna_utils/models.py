@@ -55,7 +55,6 @@ class Family:
     gate: str | None     # relative to a block; only gated MLPs
     ln_mlp: str          # relative to a block; the norm whose output the FFN reads
     final_norm: str
-    unembed: str
     norm: str            # "rms" or "layer"
     position_embedding: str | None = None   # learned absolute positions (GPT-2)
 
@@ -63,15 +62,15 @@ class Family:
 FAMILIES = {
     "llama": Family("llama", "model", "model.layers", "self_attn", "self_attn.o_proj", "mlp",
                     "mlp.down_proj", "mlp.up_proj", "mlp.gate_proj", "post_attention_layernorm",
-                    "model.norm", "lm_head", "rms"),
+                    "model.norm", "rms"),
     "gpt2": Family("gpt2", "transformer", "transformer.h", "attn", "attn.c_proj", "mlp",
-                   "mlp.c_proj", "mlp.c_fc", None, "ln_2", "transformer.ln_f", "lm_head", "layer",
+                   "mlp.c_proj", "mlp.c_fc", None, "ln_2", "transformer.ln_f", "layer",
                    position_embedding="transformer.wpe"),
     "gptj": Family("gptj", "transformer", "transformer.h", "attn", "attn.out_proj", "mlp",
-                   "mlp.fc_out", "mlp.fc_in", None, "ln_1", "transformer.ln_f", "lm_head", "layer"),
+                   "mlp.fc_out", "mlp.fc_in", None, "ln_1", "transformer.ln_f", "layer"),
     "gpt_neox": Family("gpt_neox", "gpt_neox", "gpt_neox.layers", "attention", "attention.dense",
                        "mlp", "mlp.dense_4h_to_h", "mlp.dense_h_to_4h", None,
-                       "post_attention_layernorm", "gpt_neox.final_layer_norm", "embed_out", "layer"),
+                       "post_attention_layernorm", "gpt_neox.final_layer_norm", "layer"),
 }
 # Hugging Face model_type -> family. Llama-family models share one map (gated MLP, RMSNorm, GQA).
 MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "gpt2": "gpt2",
@@ -173,7 +172,8 @@ def final_norm(model) -> nn.Module:
 
 
 def unembed(model) -> nn.Module:
-    return _get(model, _family(model).unembed)
+    """E_u: the output embedding (``lm_head``; GPT-NeoX checkpoints of older versions call it ``embed_out``)."""
+    return model.get_output_embeddings()
 
 
 def weight_out_in(module: nn.Module) -> torch.Tensor:

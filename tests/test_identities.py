@@ -1,0 +1,226 @@
+"""Mathematical identities on tiny random models of every supported family."""
+import pytest
+import torch
+
+import cna_utils as cu
+from cna_utils.forward import answer_logits, encode
+
+from conftest import PadTokenizer, make_model, random_cases
+
+TOK = PadTokenizer()
+
+
+def full_logits(model, cases):
+    """[B, S, V] logits at the answer slots of one left-padded batch."""
+    with torch.no_grad():
+        return answer_logits(model, encode(TOK, cases))
+
+
+def test_spec_reads_shapes(tiny):
+    name, model = tiny
+    s = cu.spec(model)
+    assert s.n_layers == model.config.num_hidden_layers
+    assert s.n_heads * s.head_dim == cu.weight_out_in(cu.o_proj(model, 0)).shape[1]
+    assert cu.ffn_values(model, 0).shape == (s.d_model, s.d_mlp)
+    assert s.vocab_size == cu.unembed(model).weight.shape[0]
+    if name == "llama-gqa":
+        assert (s.n_heads, s.n_kv_heads) == (6, 2)
+
+
+def test_hook_ablation_equals_zeroing_o_proj_columns(tiny):
+    """The paper's intervention: the o_proj-input pre-hook == the authors' zeroed weight columns."""
+    name, model = tiny
+    cases = random_cases(model)
+    s = cu.spec(model)
+    for heads in ([(0, 1)], [(s.n_layers - 1, s.n_heads - 1), (1, 0)]):
+        with cu.ablate_heads(model, heads):
+            hooked = full_logits(model, cases)
+        with cu.zeroed_in_weights(model, heads):
+            zeroed = full_logits(model, cases)
+        assert not torch.allclose(hooked, full_logits(model, cases), atol=1e-4)   # the ablation did something
+        torch.testing.assert_close(hooked, zeroed, atol=1e-5, rtol=1e-5)
+
+
+def test_zeroed_in_weights_restores_weights(tiny):
+    _, model = tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with cu.zeroed_in_weights(model, [(0, 0), (1, 2)]):
+        pass
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_gqa_ablation_touches_only_own_slice():
+    """With GQA, ablating query head h zeroes h's o_proj input slice only, not its KV group."""
+    model = make_model("llama-gqa")
+    s = cu.spec(model)
+    cases = random_cases(model, n=3)
+    with cu.ablate_heads(model, [(1, 4)]):
+        tr = cu.trace(model, TOK, [c.prompt_ids for c in cases], positions="all", layers=[1], keep=("head_in",))
+    ref = cu.trace(model, TOK, [c.prompt_ids for c in cases], positions="all", layers=[1], keep=("head_in",))
+    h = tr.head_in[:, :, 0]                                    # [B, T, H, dh]
+    assert torch.all(h[:, :, 4] == 0)
+    group = [k for k in range(s.n_heads) if k // (s.n_heads // s.n_kv_heads) == 4 // (s.n_heads // s.n_kv_heads)]
+    for k in group:
+        if k != 4:
+            torch.testing.assert_close(h[:, :, k], ref.head_in[:, :, 0, k])
+            assert h[:, :, k].abs().sum() > 0
+
+
+def test_head_sweep_equals_loop_of_hooked_forwards(tiny):
+    name, model = tiny
+    cases = random_cases(model, n=9, seed=1)
+    s = cu.spec(model)
+    heads = [(l, h) for l in range(s.n_layers) for h in range(s.n_heads)]
+    sweep = cu.head_sweep(model, TOK, cases, heads=heads, batch_size=4, rows_per_forward=8, progress=False,
+                          per_case=True)
+    for (l, h) in heads:
+        with cu.ablate_heads(model, [(l, h)]):
+            lg = full_logits(model, cases)
+        sc = cu.forward.score(lg, encode(TOK, cases).targets)
+        got = sweep[(sweep.layer == l) & (sweep["head"] == h)].sort_values("case")
+        torch.testing.assert_close(torch.tensor(got.gold_logprob.values), sc["gold_logprob"], atol=1e-4, rtol=1e-4)
+        assert list(got.first_correct) == sc["first_correct"].tolist()
+        assert list(got.answer_correct) == sc["answer_correct"].tolist()
+    assert sweep.base_first_correct.all()                       # gold = the model's own greedy answer
+    # every ablation changes the scores (so the equality above is not trivially base == base)
+    assert ((sweep.gold_logprob - sweep.base_gold_logprob).abs().groupby([sweep.layer, sweep["head"]]).max() > 1e-4).all()
+
+
+def test_mean_ablation_sweep_equals_loop(tiny):
+    name, model = tiny
+    cases = random_cases(model, n=5, seed=2)
+    means = cu.head_means(model, TOK, cases)
+    heads = [(0, 1), (1, 0)]
+    sweep = cu.head_sweep(model, TOK, cases, heads=heads, method="mean", means=means, progress=False, per_case=True)
+    for (l, h) in heads:
+        with cu.ablate_heads(model, [(l, h)], method="mean", means=means):
+            sc = cu.forward.score(full_logits(model, cases), encode(TOK, cases).targets)
+        got = sweep[(sweep.layer == l) & (sweep["head"] == h)].sort_values("case")
+        torch.testing.assert_close(torch.tensor(got.gold_logprob.values), sc["gold_logprob"], atol=1e-4, rtol=1e-4)
+
+
+def test_mean_ablation_sets_slice_to_mean():
+    model = make_model("llama-mha")
+    cases = random_cases(model, n=4)
+    means = cu.head_means(model, TOK, cases)
+    with cu.ablate_heads(model, ["1_2"], method="mean", means=means):
+        tr = cu.trace(model, TOK, [c.prompt_ids for c in cases], layers=[1], keep=("head_in",))
+    torch.testing.assert_close(tr.head_in[:, 0, 2], means[1, 2].expand(len(cases), -1))
+    # and the means are the average over real positions
+    seqs = [c.prompt_ids + c.answer_ids[:-1] for c in cases]          # what the model reads (teacher-forced)
+    full = cu.trace(model, TOK, seqs, positions="all", layers=[1], keep=("head_in",))
+    real = torch.cat([full.head_in[b, :int(full.lengths[b]), 0] for b in range(len(cases))])
+    torch.testing.assert_close(means[1], real.mean(0))
+
+
+def test_ffn_output_is_sum_of_subvalues(tiny):
+    """F^l == sum_k m_k v_k (+ the output bias) == the MLP module applied to its input."""
+    _, model = tiny
+    s = cu.spec(model)
+    tr = cu.trace(model, TOK, [c.prompt_ids for c in random_cases(model)], positions="all")
+    for l in range(s.n_layers):
+        v = cu.ffn_values(model, l).detach()                        # [d, N]
+        bias = getattr(cu.down_proj(model, l), "bias", None)
+        recon = tr.coef[:, :, l] @ v.T + (bias.detach() if bias is not None else 0)
+        torch.testing.assert_close(tr.ffn_out[:, :, l], recon, atol=1e-5, rtol=1e-4)
+        # recompute the FFN from what it reads: norm(r^l) (sequential) or norm(x^{l-1}) (parallel)
+        src = tr.resid_in[:, :, l] if s.parallel_residual else tr.resid_mid[:, :, l]
+        with torch.no_grad():
+            again = cu.mlp(model, l)(cu.pre_ffn_norm(model, l)(src))
+        real = torch.arange(src.shape[1]) < tr.lengths[:, None]             # padded slots hold zeros
+        torch.testing.assert_close(tr.ffn_out[:, :, l][real], again[real], atol=1e-5, rtol=1e-4)
+
+
+def test_residual_stream_decomposes(tiny):
+    """x^l == x^{l-1} + A^l + F^l (both the sequential and the parallel form), and x^l feeds layer l+1."""
+    _, model = tiny
+    s = cu.spec(model)
+    tr = cu.trace(model, TOK, [c.prompt_ids for c in random_cases(model)])
+    torch.testing.assert_close(tr.resid_out, tr.resid_in + tr.attn_out + tr.ffn_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tr.resid_mid, tr.resid_in + tr.attn_out)
+    torch.testing.assert_close(tr.resid_out[:, :-1], tr.resid_in[:, 1:])
+    # A^l is o_proj applied to the per-head outputs
+    o = cu.o_proj(model, 0)
+    with torch.no_grad():
+        torch.testing.assert_close(o(tr.head_in[:, 0].flatten(-2)), tr.attn_out[:, 0], atol=1e-5, rtol=1e-5)
+    assert tr.head_in.shape[-2:] == (s.n_heads, s.head_dim)
+
+
+def test_frozen_final_norm_reproduces_logits(tiny):
+    _, model = tiny
+    cases = random_cases(model)
+    tr = cu.trace(model, TOK, [c.prompt_ids for c in cases], positions="all")
+    for b, c in enumerate(cases):
+        with torch.no_grad():
+            ref = model(torch.tensor([list(c.prompt_ids)])).logits[0]          # [T, V]
+        n = int(tr.lengths[b])
+        got = cu.frozen_logits(model, tr.resid_out[b, :n, -1], tr.norm_scale[b, :n], tr.norm_mean[b, :n])
+        torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(cu.frozen_logits(model, tr.resid_out[:, :, -1], tr.norm_scale, tr.norm_mean)[
+        torch.arange(len(cases)), tr.lengths - 1], tr.logits, atol=1e-4, rtol=1e-4)
+
+
+def test_left_padded_batch_equals_one_by_one(tiny):
+    _, model = tiny
+    cases = random_cases(model, n=6, prompt_len=(2, 9))
+    batched = cu.trace(model, TOK, [c.prompt_ids for c in cases], positions="all")
+    for b, c in enumerate(cases):
+        one = cu.trace(model, TOK, [c.prompt_ids], positions="all")
+        n = len(c.prompt_ids)
+        assert int(batched.lengths[b]) == n
+        for k in cu.tracing.KEEP_ALL:
+            torch.testing.assert_close(getattr(batched, k)[b, :n], getattr(one, k)[0, :n], atol=2e-5, rtol=1e-4)
+    acc_b = cu.accuracy(model, TOK, cases, batch_size=6)
+    acc_1 = cu.accuracy(model, TOK, cases, batch_size=1)
+    assert list(acc_b.first_correct) == list(acc_1.first_correct)
+    torch.testing.assert_close(torch.tensor(acc_b.gold_logprob.values), torch.tensor(acc_1.gold_logprob.values),
+                               atol=1e-4, rtol=1e-4)
+
+
+def _n_hooks(model):
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
+
+
+def test_hooks_removed_after_exception(tiny):
+    _, model = tiny
+    before = _n_hooks(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        with cu.ablate_heads(model, [(0, 0), (1, 1)]):
+            assert _n_hooks(model) == before + 2
+            raise RuntimeError("boom")
+    assert _n_hooks(model) == before
+    cases = random_cases(model, n=2)
+    cu.head_sweep(model, TOK, cases, heads=[(1, 0)], progress=False)
+    cu.trace(model, TOK, [c.prompt_ids for c in cases])
+    assert _n_hooks(model) == before
+
+
+def test_sweep_resumes_from_saved_layers(tmp_path):
+    model = make_model("llama-gqa")
+    cases = random_cases(model, n=5)
+    heads = [(0, 0), (1, 1), (2, 3)]
+    first = cu.head_sweep(model, TOK, cases, heads=heads, cache_dir=tmp_path, progress=False, per_case=True)
+    assert sorted(p.name for p in tmp_path.glob("layer_*.pt")) == ["layer_000.pt", "layer_001.pt", "layer_002.pt"]
+    # Mark layer 1's saved result; a rerun must load it rather than recompute it.
+    saved = torch.load(tmp_path / "layer_001.pt")
+    saved["heads"][(1, 1)]["gold_logprob"][:] = -123.0
+    torch.save(saved, tmp_path / "layer_001.pt")
+    again = cu.head_sweep(model, TOK, cases, heads=heads, cache_dir=tmp_path, progress=False, per_case=True)
+    assert (again[again.layer == 1].gold_logprob == -123.0).all()
+    same = again.layer != 1
+    assert list(again[same].gold_logprob) == list(first[same].gold_logprob)
+    # Different cases -> different fingerprint -> recomputed, not mixed up.
+    other = cu.head_sweep(model, TOK, cases[:3], heads=heads, cache_dir=tmp_path, progress=False, per_case=True)
+    assert (other.gold_logprob != -123.0).all()
+
+
+def test_sweep_summary_has_all_rows_and_drop():
+    model = make_model("llama-mha")
+    cases = random_cases(model, n=8)
+    df = cu.head_sweep(model, TOK, cases, heads=[(0, 0), (2, 1)], progress=False)
+    assert set(df.op) == {"+", "-", "*", "/", "all"}
+    allrows = df[df.op == "all"]
+    assert (allrows.n == 8).all()
+    torch.testing.assert_close(torch.tensor(allrows["drop"].values),
+                               torch.tensor((allrows.base_accuracy - allrows.accuracy).values))
