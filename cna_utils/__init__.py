@@ -27,7 +27,7 @@ Sign conventions: accuracies are fractions in [0, 1]; a "drop" is base minus abl
 more important); log-probabilities are natural logs.
 """
 from .data import AlignmentError, Case, align, arithmetic_dataset, digit_cases, digit_kinds, number_word
-from .evaluate import accuracy, summarize, token_table
+from .evaluate import accuracy, relative_decrease, summarize, token_table
 from .heads import ablate_heads, head_means, head_name, head_sweep, parse_heads, zeroed_in_weights
 from .models import (BUILTIN_MODELS, ModelSpec, UnsupportedModelError, attention, down_proj, ffn_keys,
                      ffn_values, final_norm, layers, load_model, mlp, o_proj, pick_device, pre_ffn_norm, spec,
@@ -35,3 +35,5 @@ from .models import (BUILTIN_MODELS, ModelSpec, UnsupportedModelError, attention
 from .tracing import Trace, frozen_logits, frozen_norm, trace
 
 __version__ = "0.1.0"
+from .paper import PAPER_MODEL, paper_table
+from .profiles import PROFILES, get_profile, load_results, save_results, spread_layers

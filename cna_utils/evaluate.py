@@ -21,7 +21,7 @@ import torch
 from .data import align
 from .forward import answer_logits, encode, model_device, score
 
-__all__ = ["accuracy", "summarize", "token_table"]
+__all__ = ["accuracy", "summarize", "token_table", "relative_decrease"]
 
 _METRICS = {"first_correct": "accuracy", "answer_correct": "answer_accuracy", "gold_logprob": "gold_logprob"}
 
@@ -94,3 +94,16 @@ def token_table(frame: pd.DataFrame) -> pd.DataFrame:
             rows.append(dict(op=r.op, digits=r.digits, group=r.group, template=r.template, form=r.form,
                              position=pos, kind=kind, correct=bool(ok)))
     return pd.DataFrame(rows)
+
+
+def relative_decrease(base, value):
+    """The paper's "decrease (%)": 100 x (base - value) / base (NaN where base is 0). Works on
+    numbers, numpy arrays and pandas Series. Bigger = the intervention hurts more."""
+    import numpy as np
+    if isinstance(base, pd.Series) or isinstance(value, pd.Series):
+        base = base if isinstance(base, pd.Series) else pd.Series(base, index=value.index)
+        return (100.0 * (base - value) / base).where(base != 0)
+    b, v = np.asarray(base, dtype=float), np.asarray(value, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(b != 0, 100.0 * (b - v) / b, np.nan)
+    return float(out) if out.ndim == 0 else out

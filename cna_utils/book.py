@@ -1,0 +1,70 @@
+"""Execute the notebooks with papermill and build the HTML book.
+
+Usage (what ``make book`` runs)::
+
+    python -m cna_utils.book --profile book --model smollm2-135m
+    python -m cna_utils.book --profile smoke --root /tmp/copy-of-the-book   # what the tests run
+
+Each ``notebooks/NN_name.ipynb`` is executed into ``book/chapters/NN_name.ipynb`` (git-ignored)
+with the parameters PROFILE, MODEL and RESULTS_DIR (``book/results``); chapters that fail stop the
+build. Then ``jupyter-book build`` runs with warnings as errors into ``_build/html``.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["execute_notebooks", "build_html", "main"]
+
+
+def execute_notebooks(root: Path, profile: str, model: str, only: list[str] | None = None) -> list[Path]:
+    import papermill as pm
+
+    from .profiles import get_profile
+    get_profile(profile)                          # fail early on an unknown profile
+    src = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        src = [p for p in src if any(p.name.startswith(o) for o in only)]
+    if not src:
+        raise FileNotFoundError(f"no notebooks to execute under {root / 'notebooks'}")
+    out_dir, results = root / "book" / "chapters", root / "book" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = []
+    for nb in src:
+        t = time.time()
+        print(f"executing {nb.name} (profile={profile}, model={model})", flush=True)
+        pm.execute_notebook(str(nb), str(out_dir / nb.name), cwd=str(out_dir), progress_bar=False,
+                            parameters=dict(PROFILE=profile, MODEL=model, RESULTS_DIR=str(results.resolve())))
+        print(f"  {nb.name}: {time.time() - t:.0f} s", flush=True)
+        done.append(out_dir / nb.name)
+    return done
+
+
+def build_html(root: Path) -> None:
+    cmd = [sys.executable, "-m", "jupyter_book", "build", str(root), "-W", "-n", "--keep-going"]
+    jb = Path(sys.executable).with_name("jupyter-book")
+    if jb.exists():
+        cmd = [str(jb), "build", str(root), "-W", "-n", "--keep-going"]
+    subprocess.run(cmd, check=True)
+    print(f"book written to {root / '_build' / 'html' / 'index.html'}")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="book", help="smoke | book | paper")
+    ap.add_argument("--model", default="smollm2-135m", help="built-in name, local path or Hugging Face id")
+    ap.add_argument("--root", default=".", help="the book's root folder (holds _config.yml)")
+    ap.add_argument("--only", nargs="*", help="notebook name prefixes to execute, e.g. 01")
+    ap.add_argument("--no-execute", action="store_true", help="only build the HTML from executed chapters")
+    args = ap.parse_args(argv)
+    root = Path(args.root).resolve()
+    if not args.no_execute:
+        execute_notebooks(root, args.profile, args.model, args.only)
+    build_html(root)
+
+
+if __name__ == "__main__":
+    main()

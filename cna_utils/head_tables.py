@@ -1,0 +1,128 @@
+"""Section 3's tables, built from ``head_sweep`` summaries, beside the paper's numbers.
+
+Usage::
+
+    sw = head_sweep(model, tok, cases_2d)                 # rows per (layer, head, op)
+    ours, paper = table_1(sw), paper_table_frame("table_1")
+
+Every function returns a pandas DataFrame with accuracies in percent. "Decrease (%)" is the
+paper's relative decrease 100 x (original - ablated) / original (``relative_decrease``).
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from .data import Case
+from .evaluate import accuracy, relative_decrease, token_table
+from .heads import ablate_heads, head_name
+from .paper import paper_table
+
+__all__ = ["ranked_heads", "head_value", "table_1", "table_2", "table_3", "tables_24_27", "paper_table_frame", "side_by_side",
+           "OP_NAMES"]
+
+OP_NAMES = {"+": "add", "-": "sub", "*": "multi", "/": "divide"}
+
+
+def ranked_heads(summary: pd.DataFrame, column: str = "op", value: str = "all", k: int | None = None) -> list[str]:
+    """Heads ("layer_head") sorted by accuracy under ablation, lowest first (= biggest drop), for
+    the rows where ``column == value``. Ties are broken by the mean gold log-prob (lower first)."""
+    rows = summary[summary[column] == value].sort_values(["accuracy", "gold_logprob"])
+    names = [head_name(l, h) for l, h in zip(rows["layer"], rows["head"])]
+    return names[:k] if k else names
+
+
+def head_value(summary: pd.DataFrame, name: str, field: str = "accuracy", column: str = "op", value: str = "all"):
+    """One number of a sweep summary: ``field`` of head ``name`` ("layer_head") in the row where
+    ``column == value``."""
+    l, h = (int(x) for x in name.split("_"))
+    row = summary[(summary.layer == l) & (summary["head"] == h) & (summary[column] == value)]
+    if row.empty:
+        raise KeyError(f"head {name} with {column}={value!r} is not in this sweep summary")
+    return float(row[field].iloc[0])
+
+
+def _acc(summary, name, column, value, base=False):
+    return 100 * head_value(summary, name, "base_accuracy" if base else "accuracy", column, value)
+
+
+def table_1(summary: pd.DataFrame, k: int = 5, ops="+-*/", digits: int = 2) -> pd.DataFrame:
+    """Accuracy (%) of the original model and with each of the top-k heads ablated (Table 1)."""
+    heads = ranked_heads(summary, "op", "all", k)
+    rows = {}
+    for op in ["all"] + list(ops):
+        label = "all" if op == "all" else f"{digits}D{op}"
+        any_head = heads[0]
+        rows[label] = [_acc(summary, any_head, "op", op, base=True)] + [_acc(summary, h, "op", op) for h in heads]
+    return pd.DataFrame(rows, index=["ori"] + heads).T
+
+
+def table_2(summary_by_op: pd.DataFrame, summary_by_group: pd.DataFrame, ops="+-*/", digits=(1, 2, 3)):
+    """Decrease (%) for each op's top head (chosen on ``summary_by_op``) on 1D / 2D / 3D (Table 2).
+    Returns (table, {op: head})."""
+    top = {op: ranked_heads(summary_by_op, "op", op, 1)[0] for op in ops}
+    cols = {}
+    for op in ops:
+        vals = []
+        for d in digits:
+            g = f"{d}D{op}"
+            base, abl = _acc(summary_by_group, top[op], "group", g, True), _acc(summary_by_group, top[op], "group", g)
+            vals.append(relative_decrease(base, abl))
+        cols[f"{top[op]}({op})"] = vals
+    return pd.DataFrame(cols, index=[f"{d}D" for d in digits]), top
+
+
+def table_3(model, tokenizer, cases: list[Case], top: dict[str, str], batch_size: int = 64) -> pd.DataFrame:
+    """Decrease (%) of teacher-forced digit accuracy on "memorize" and "change-one" digits when the
+    op's top head is ablated (Table 3). ``cases`` should be numeral cases (words have no digits)."""
+    cols = {}
+    for op, head in top.items():
+        sel = [c for c in cases if c.op == op and c.form == "number"]
+        if not sel:
+            continue
+        base = token_table(accuracy(model, tokenizer, sel, batch_size))
+        with ablate_heads(model, [head]):
+            abl = token_table(accuracy(model, tokenizer, sel, batch_size))
+        vals = []
+        for kind in ("memorize", "change-one"):
+            m = base.kind == kind
+            vals.append(relative_decrease(100 * base.correct[m].mean(), 100 * abl.correct[m].mean()) if m.any()
+                        else float("nan"))
+        n = {kind: int((base.kind == kind).sum()) for kind in ("memorize", "change-one")}
+        cols[f"{OP_NAMES[op]} ({head})"] = vals + [n["memorize"], n["change-one"]]
+    return pd.DataFrame(cols, index=["memorize", "change-one", "n memorize digits", "n change-one digits"])
+
+
+def tables_24_27(summary_by_group: pd.DataFrame, k: int = 5) -> pd.DataFrame:
+    """Per op and digit count: original accuracy and the top-k heads with their accuracy (%)."""
+    rows = []
+    groups = [g for g in summary_by_group["group"].unique() if g != "all"]
+    order = {op: i for i, op in enumerate("+-*/")}
+    for g in sorted(groups, key=lambda g: (order.get(g[-1], 9), g)):
+        heads = ranked_heads(summary_by_group, "group", g, k)
+        row = {"group": g, "ori": _acc(summary_by_group, heads[0], "group", g, True)}
+        for i, h in enumerate(heads, 1):
+            row[f"head {i}"] = h
+            row[f"acc {i}"] = _acc(summary_by_group, h, "group", g)
+        row["n"] = int(summary_by_group[summary_by_group["group"] == g]["n"].iloc[0])
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("group")
+
+
+def paper_table_frame(key: str) -> pd.DataFrame:
+    """The paper's table as a DataFrame (rows x columns as printed in the paper)."""
+    t = paper_table(key)
+    if key == "tables_24_27":
+        rows = []
+        for g, v in t.items():
+            row = {"group": g, "ori": v["ori"]}
+            for i, (h, acc) in enumerate(v["heads"].items(), 1):
+                row[f"head {i}"], row[f"acc {i}"] = h, acc
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("group")
+    return pd.DataFrame(t["rows"], index=t["columns"]).T
+
+
+def side_by_side(paper: pd.DataFrame, ours: pd.DataFrame, ours_label: str = "this run",
+                 paper_label: str = "paper (Llama-7B)") -> pd.DataFrame:
+    """Paper and this run in one frame (column blocks), aligned on the row labels."""
+    return pd.concat({paper_label: paper, ours_label: ours}, axis=1)
