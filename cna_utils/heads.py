@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .data import align
 from .evaluate import summarize
@@ -252,7 +252,7 @@ def head_sweep(model, tokenizer, cases, heads=None, method: str = "zero", means:
             results.update({tuple(k): v for k, v in saved["heads"].items()})
         else:
             todo.append(l)
-    bar = tqdm(total=len(todo) * len(chunks), desc="head sweep (layer x batch)", disable=not progress)
+    bar = tqdm(total=len(todo) * len(chunks), desc="head sweep (layer x batch)", disable=not progress, mininterval=10)
     for l in todo:
         lheads = [h for (ll, h) in heads if ll == l]
         per_head = {h: {k: torch.zeros_like(v) for k, v in base.items()} for h in lheads}

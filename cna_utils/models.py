@@ -239,6 +239,9 @@ def load_model(name: str = "smollm2-135m", device: str | None = None, dtype: tor
     Returns ``(model, tokenizer)``; the tokenizer pads on the left.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()          # keep executed notebooks free of loading bars
 
     dev = pick_device(device)
     if isinstance(dtype, str):

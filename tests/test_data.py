@@ -1,0 +1,60 @@
+"""The dataset: templates, sizes, answers and memorize / change-one labels (no model needed)."""
+import cna_utils as cu
+from cna_utils.data import digit_kinds
+
+
+def test_sizes_and_paper_set():
+    assert len(cu.arithmetic_dataset(digits=(2,), n=50)) == 1600             # the paper's 1,600 sentences
+    assert len(cu.arithmetic_dataset(ops="+", digits=(1,), templates=[4], words=False)) == 81   # every 1-digit pair
+    assert len(cu.arithmetic_dataset(ops="-", digits=(1,), templates=[4], words=False)) == 45   # a >= b
+
+
+def test_answers_are_right():
+    for c in cu.arithmetic_dataset(digits=(1, 2, 3), n=20, words=False):
+        a, b = c.a, c.b
+        expected = {"+": a + b, "-": a - b, "*": a * b, "/": a / b}[c.op]
+        assert float(c.answer) == expected, c
+        assert len(str(b)) == c.digits
+        if c.op == "/":
+            assert a % b == 0 and len(str(a // b)) == c.digits
+        if c.op == "-":
+            assert a >= b
+    neg = cu.arithmetic_dataset(ops="-", digits=(1,), n=None, words=False, templates=[4], negative=True)
+    assert any(c.result < 0 and c.answer.startswith("-") for c in neg)
+
+
+def test_templates_are_the_papers():
+    tables = cu.paper_table("table_14_prompts")
+    for op, name in cu.data.OPS.items():
+        assert cu.data.TEMPLATES[op] == tables[name]
+    c = cu.arithmetic_dataset(ops="/", digits=(1,), n=1, templates=[2])
+    assert c[0].prompt.startswith("Q: What is ") and c[1].form == "word" and c[1].answer.isalpha()
+
+
+def test_memorize_change_one_labels():
+    # the paper's examples: 15+32=47 is memorize twice; 15+37=52 needs a carry into the tens digit
+    assert digit_kinds("+", 15, 32) == ("memorize", "memorize")
+    assert digit_kinds("+", 15, 37) == ("change-one", "memorize")
+    assert digit_kinds("+", 57, 68) == ("change-one", "change-one", "memorize")        # 125: the 1 is only a carry
+    assert digit_kinds("-", 52, 37) == ("change-one", "memorize")                       # 15: borrow into the tens
+    assert digit_kinds("-", 57, 32) == ("memorize", "memorize")
+    assert digit_kinds("-", 3, 5) == ("sign", "memorize")
+    assert digit_kinds("*", 12, 34) == ("change-one", "change-one", "memorize")         # 408
+    assert digit_kinds("/", 72, 8) == ("memorize",)
+
+
+def test_same_pairs_across_templates_and_forms():
+    cases = cu.arithmetic_dataset(ops="*", digits=(2,), n=3, seed=4)
+    pairs = {(c.template, c.form): [] for c in cases}
+    for c in cases:
+        pairs[(c.template, c.form)].append((c.a, c.b))
+    assert len({tuple(v) for v in pairs.values()}) == 1
+    assert cu.arithmetic_dataset(ops="*", digits=(2,), n=3, seed=4) == cases     # deterministic
+
+
+def test_profiles_are_complete():
+    for name in cu.PROFILES:
+        p = cu.get_profile(name)
+        assert {"pairs_base", "pairs_2d", "pairs_digits", "digits", "sweep_layers", "batch_size"} <= set(p["ch1"])
+    assert cu.spread_layers(30, 3) == [0, 14, 29] or cu.spread_layers(30, 3) == [0, 15, 29]
+    assert cu.spread_layers(30, None) == list(range(30))

@@ -1,0 +1,62 @@
+"""Every notebook executes in the smoke profile and the book builds (in a temporary copy)."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_without_outputs(nb):
+    cells = json.loads(nb.read_text())["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert code and all(not c.get("outputs") and c.get("execution_count") is None for c in code)
+    assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in code), "no papermill parameters cell"
+
+
+@pytest.fixture(scope="module")
+def smoke_book(tmp_path_factory):
+    """Copy the book sources, execute every notebook with PROFILE=smoke, build the HTML."""
+    root = tmp_path_factory.mktemp("book")
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy(ROOT / name, root / name)
+    shutil.copytree(ROOT / "notebooks", root / "notebooks")
+    shutil.copytree(ROOT / "book", root / "book", ignore=shutil.ignore_patterns("chapters", "results"))
+    subprocess.run([sys.executable, "-m", "cna_utils.book", "--profile", "smoke", "--root", str(root)], check=True)
+    return root
+
+
+def test_smoke_book_builds(smoke_book):
+    html = smoke_book / "_build" / "html"
+    assert (html / "book" / "intro.html").exists()
+    for nb in NOTEBOOKS:
+        page = html / "book" / "chapters" / f"{nb.stem}.html"
+        assert page.exists(), page
+        assert "Traceback" not in page.read_text()
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_smoke_notebook_outputs(smoke_book, nb):
+    executed = json.loads((smoke_book / "book" / "chapters" / nb.name).read_text())
+    errors = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
+              if o["output_type"] == "error"]
+    assert not errors
+    images = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
+              if "image/png" in o.get("data", {})]
+    assert images, "every chapter draws at least one figure"
+    results = json.loads((smoke_book / "book" / "results" / f"{nb.stem}.json").read_text())
+    assert results["profile"] == "smoke"
+
+
+def test_chapter1_results_are_consistent(smoke_book):
+    r = json.loads((smoke_book / "book" / "results" / "01_arithmetic_heads.json").read_text())
+    assert set(r["base_accuracy"]) == {"all", "2D+", "2D-", "2D*", "2D/"}
+    assert all(0 <= v <= 100 for v in r["base_accuracy"].values())
+    assert len(r["table_1"]["heads"]) == 5
+    assert set(r["table_2"]["top_heads"]) == {"+", "-", "*", "/"}
+    assert r["heads_swept"] == 27 and r["heads_per_forward"] >= 9
