@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -175,7 +176,7 @@ def _fingerprint(model, cases, method, means) -> str:
 @torch.no_grad()
 def head_sweep(model, tokenizer, cases, heads=None, method: str = "zero", means: torch.Tensor | None = None,
                by=("op",), batch_size: int = 32, rows_per_forward: int = 512, cache_dir: str | os.PathLike | None = None,
-               progress: bool = True, per_case: bool = False) -> pd.DataFrame:
+               progress: bool = True, per_case: bool = False, answer: str = "first") -> pd.DataFrame:
     """Ablate every head (or ``heads``) one at a time and score ``cases`` each time.
 
     Batched: one baseline forward per batch of cases caches the residual stream x^{l-1}; for layer
@@ -193,11 +194,19 @@ def head_sweep(model, tokenizer, cases, heads=None, method: str = "zero", means:
     ``gold_logprob`` (mean log p of the first answer token), the same with ``base_`` for the
     unablated model, and ``drop`` = base_accuracy - accuracy (bigger = more important head).
     With ``per_case=True`` returns the long per-(head, case) frame instead.
+
+    ``answer="first"`` (default) feeds only the prompt and scores the first answer token (the
+    paper's accuracy; multi-token answers such as "one hundred and five" cost nothing extra);
+    ``answer="all"`` also feeds the answer teacher-forced and adds ``answer_accuracy``.
     """
     s = spec(model)
     if len(cases) == 0:
         raise ValueError("no cases given: pass a non-empty list of cases (see arithmetic_dataset)")
     cases = align(cases, tokenizer)
+    if answer not in ("first", "all"):
+        raise ValueError(f"answer must be 'first' or 'all', got {answer!r}")
+    if answer == "first":
+        cases = [replace(c, answer_ids=c.answer_ids[:1], kinds=c.kinds[:1]) for c in cases]
     heads = [(l, h) for l in range(s.n_layers) for h in range(s.n_heads)] if heads is None else parse_heads(model, heads)
     if not heads:
         raise ValueError("heads is empty: pass None for every head or a list like [(17, 22)]")
@@ -298,6 +307,8 @@ def head_sweep(model, tokenizer, cases, heads=None, method: str = "zero", means:
             f["base_" + key] = base[key].numpy()
         frames.append(f)
     long = pd.concat(frames, ignore_index=True)
+    if answer == "first":                      # identical to first_correct: do not report it twice
+        long = long.drop(columns=["answer_correct", "base_answer_correct"])
     if per_case:
         return long
     return summarize(long, by=by, keys=("layer", "head"))

@@ -73,7 +73,7 @@ def test_head_sweep_equals_loop_of_hooked_forwards(tiny):
     s = cu.spec(model)
     heads = [(l, h) for l in range(s.n_layers) for h in range(s.n_heads)]
     sweep = cu.head_sweep(model, TOK, cases, heads=heads, batch_size=4, rows_per_forward=8, progress=False,
-                          per_case=True)
+                          per_case=True, answer="all")
     for (l, h) in heads:
         with cu.ablate_heads(model, [(l, h)]):
             lg = full_logits(model, cases)
@@ -83,6 +83,11 @@ def test_head_sweep_equals_loop_of_hooked_forwards(tiny):
         assert list(got.first_correct) == sc["first_correct"].tolist()
         assert list(got.answer_correct) == sc["answer_correct"].tolist()
     assert sweep.base_first_correct.all()                       # gold = the model's own greedy answer
+    first = cu.head_sweep(model, TOK, cases, heads=heads, batch_size=4, rows_per_forward=8, progress=False,
+                          per_case=True)                        # answer="first": prompt only, same first token
+    assert list(first.first_correct) == list(sweep.first_correct)
+    torch.testing.assert_close(torch.tensor(first.gold_logprob.values), torch.tensor(sweep.gold_logprob.values),
+                               atol=1e-4, rtol=1e-4)
     # every ablation changes the scores (so the equality above is not trivially base == base)
     assert ((sweep.gold_logprob - sweep.base_gold_logprob).abs().groupby([sweep.layer, sweep["head"]]).max() > 1e-4).all()
 
