@@ -182,6 +182,8 @@ def arithmetic_dataset(ops="+-*/", digits=(1, 2), templates="all", words: bool =
 def _token_kinds(case: Case, tokenizer, answer_ids) -> tuple[str, ...]:
     if case.form != "number":
         return ("",) * len(answer_ids)
+    if case.op in "*/":                                      # the paper: last token memorize, others change-one
+        return ("change-one",) * (len(answer_ids) - 1) + ("memorize",)
     chars = digit_kinds(case.op, case.a, case.b)            # per character of the answer text
     kinds, pos = [], 0
     for tid in answer_ids:

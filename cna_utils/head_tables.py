@@ -23,10 +23,13 @@ __all__ = ["ranked_heads", "head_value", "table_1", "table_2", "table_3", "table
 OP_NAMES = {"+": "add", "-": "sub", "*": "multi", "/": "divide"}
 
 
-def ranked_heads(summary: pd.DataFrame, column: str = "op", value: str = "all", k: int | None = None) -> list[str]:
-    """Heads ("layer_head") sorted by accuracy under ablation, lowest first (= biggest drop), for
-    the rows where ``column == value``. Ties are broken by the mean gold log-prob (lower first)."""
-    rows = summary[summary[column] == value].sort_values(["accuracy", "gold_logprob"])
+def ranked_heads(summary: pd.DataFrame, column: str = "op", value: str = "all", k: int | None = None,
+                 metric: str = "accuracy") -> list[str]:
+    """Heads ("layer_head") sorted by ``metric`` under ablation, lowest first (= biggest drop), for
+    the rows where ``column == value``. With metric="accuracy" ties are broken by the mean gold
+    log-prob (lower first); metric="gold_logprob" ranks by the mean log p of the answer alone."""
+    keys = ["accuracy", "gold_logprob"] if metric == "accuracy" else ["gold_logprob"]
+    rows = summary[summary[column] == value].sort_values(keys)
     names = [head_name(l, h) for l, h in zip(rows["layer"], rows["head"])]
     return names[:k] if k else names
 
@@ -45,9 +48,10 @@ def _acc(summary, name, column, value, base=False):
     return 100 * head_value(summary, name, "base_accuracy" if base else "accuracy", column, value)
 
 
-def table_1(summary: pd.DataFrame, k: int = 5, ops="+-*/", digits: int = 2) -> pd.DataFrame:
-    """Accuracy (%) of the original model and with each of the top-k heads ablated (Table 1)."""
-    heads = ranked_heads(summary, "op", "all", k)
+def table_1(summary: pd.DataFrame, k: int = 5, ops="+-*/", digits: int = 2, metric: str = "accuracy") -> pd.DataFrame:
+    """Accuracy (%) of the original model and with each of the top-k heads ablated (Table 1);
+    heads ranked by ``metric`` over all ops."""
+    heads = ranked_heads(summary, "op", "all", k, metric)
     rows = {}
     for op in ["all"] + list(ops):
         label = "all" if op == "all" else f"{digits}D{op}"

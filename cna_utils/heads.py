@@ -47,8 +47,8 @@ def head_name(layer: int, head: int) -> str:
 def parse_heads(model, heads) -> list[tuple[int, int]]:
     """Normalise ``[(17, 22), "15_9", ...]`` to (layer, head) tuples and check their range."""
     s = spec(model)
-    if isinstance(heads, (str, tuple)) and not (isinstance(heads, tuple) and heads and isinstance(heads[0], tuple)):
-        heads = [heads]
+    if isinstance(heads, str) or (isinstance(heads, tuple) and len(heads) == 2 and isinstance(heads[0], int)):
+        heads = [heads]                                   # one head: "17_22" or (17, 22)
     out = []
     for h in heads:
         if isinstance(h, str):
@@ -72,10 +72,10 @@ def _mask_hook(n_heads: int, head_dim: int, mask: torch.Tensor, means: torch.Ten
         x = args[0]                                                    # [R, T, H*dh]
         shape = x.shape
         xh = x.view(*shape[:-1], n_heads, head_dim)                    # [R, T, H, dh]
-        m = mask.to(x.dtype).view(mask.shape[0], *([1] * (xh.dim() - 3)), n_heads, 1)
+        m = mask.to(device=x.device, dtype=x.dtype).view(mask.shape[0], *([1] * (xh.dim() - 3)), n_heads, 1)
         y = xh * m
         if means is not None:
-            y = y + (1 - m) * means.to(x.dtype)
+            y = y + (1 - m) * means.to(device=x.device, dtype=x.dtype)
         return (y.reshape(shape),) + tuple(args[1:])
     return hook
 
@@ -164,8 +164,13 @@ def head_means(model, tokenizer, cases, batch_size: int = 64) -> torch.Tensor:
 
 
 def _fingerprint(model, cases, method, means) -> str:
+    """Identifies a sweep's inputs: model (including a checksum of every weight, so an edited or
+    fine-tuned model with the same name never reuses stale results), cases, method and means."""
     h = hashlib.sha256()
     h.update(json.dumps([model_label(model), str(spec(model)), method, str(next(model.parameters()).dtype)]).encode())
+    with torch.no_grad():
+        sums = [(n, float(p.double().sum()), float(p.double().abs().sum())) for n, p in model.named_parameters()]
+    h.update(json.dumps(sums).encode())
     for c in cases:
         h.update(json.dumps([c.prompt_ids, c.answer_ids]).encode())
     if means is not None:
@@ -205,6 +210,10 @@ def head_sweep(model, tokenizer, cases, heads=None, method: str = "zero", means:
     cases = align(cases, tokenizer)
     if answer not in ("first", "all"):
         raise ValueError(f"answer must be 'first' or 'all', got {answer!r}")
+    if method not in ("zero", "mean"):
+        raise ValueError(f"unknown ablation method {method!r}: use 'zero' or 'mean'")
+    if method == "mean" and means is None:
+        means = head_means(model, tokenizer, cases)       # over prompt + answer, whatever ``answer`` scores
     if answer == "first":
         cases = [replace(c, answer_ids=c.answer_ids[:1], kinds=c.kinds[:1]) for c in cases]
     heads = [(l, h) for l in range(s.n_layers) for h in range(s.n_heads)] if heads is None else parse_heads(model, heads)
@@ -215,55 +224,41 @@ def head_sweep(model, tokenizer, cases, heads=None, method: str = "zero", means:
     order = sorted(range(len(cases)), key=lambda i: len(cases[i].prompt_ids) + len(cases[i].answer_ids))
     chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
-    # Baseline pass: cache x^{l-1} at every needed layer, and the baseline scores.
-    base = {k: torch.zeros(len(cases), dtype=torch.bool if k != "gold_logprob" else torch.float32)
-            for k in ("first_correct", "answer_correct", "gold_logprob")}
-    resid, batches = [], []
-    sums = torch.zeros(s.n_layers, s.n_heads * s.head_dim, dtype=torch.float64) if (method == "mean" and means is None) else None
-    n_tok = 0
-    for idx in chunks:
-        batch = encode(tokenizer, [cases[i] for i in idx], dev)
-        store: dict = {}
-        handles = _capture_pre({l: layers(model)[l] for l in need if l > 0}, store, lambda x: x)
-        if sums is not None:
-            m = batch.attention_mask.unsqueeze(-1).to(torch.float64)
-            ostore: dict = {}
-            handles += _capture_pre({l: o_proj(model, l) for l in range(s.n_layers)}, ostore,
-                                    lambda x, m=m: (x.to(torch.float64) * m).sum((0, 1)).cpu())
-        try:
-            sc = score(answer_logits(model, batch), batch.targets)
-        finally:
-            for h in handles:
-                h.remove()
-        if sums is not None:
-            for l, v in ostore.items():
-                sums[l] += v
-            n_tok += int(batch.attention_mask.sum())
-        for k in base:
-            base[k][idx] = sc[k]
-        resid.append(store)
-        batches.append(batch)
-    if method == "mean" and means is None:
-        means = (sums / n_tok).view(s.n_layers, s.n_heads, s.head_dim).float()
-    if method not in ("zero", "mean"):
-        raise ValueError(f"unknown ablation method {method!r}: use 'zero' or 'mean'")
-
     fp = _fingerprint(model, cases, method, means)
     cache = Path(cache_dir) if cache_dir is not None else None
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
     results: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
-    todo = []
+    todo: dict[int, list[int]] = {}          # layer -> heads still to compute
+    kept: dict[int, dict] = {}               # layer -> saved results that match (merged into the file)
     for l in need:
         f = cache / f"layer_{l:03d}.pt" if cache is not None else None
         saved = torch.load(f) if f is not None and f.exists() else None
-        if saved is not None and saved.get("fingerprint") == fp:
-            results.update({tuple(k): v for k, v in saved["heads"].items()})
-        else:
-            todo.append(l)
+        kept[l] = saved["heads"] if saved is not None and saved.get("fingerprint") == fp else {}
+        results.update({tuple(k): v for k, v in kept[l].items()})
+        missing = [h for (ll, h) in heads if ll == l and (l, h) not in results]
+        if missing:
+            todo[l] = missing
+    # Baseline pass: the baseline scores, and x^{l-1} cached at every layer still to sweep.
+    base = {k: torch.zeros(len(cases), dtype=torch.bool if k != "gold_logprob" else torch.float32)
+            for k in ("first_correct", "answer_correct", "gold_logprob")}
+    resid, batches = [], []
+    for idx in chunks:
+        batch = encode(tokenizer, [cases[i] for i in idx], dev)
+        store: dict = {}
+        handles = _capture_pre({l: layers(model)[l] for l in todo if l > 0}, store, lambda x: x)
+        try:
+            sc = score(answer_logits(model, batch), batch.targets)
+        finally:
+            for h in handles:
+                h.remove()
+        for k in base:
+            base[k][idx] = sc[k]
+        resid.append(store)
+        batches.append(batch)
+
     bar = tqdm(total=len(todo) * len(chunks), desc="head sweep (layer x batch)", disable=not progress, mininterval=10)
-    for l in todo:
-        lheads = [h for (ll, h) in heads if ll == l]
+    for l, lheads in todo.items():
         per_head = {h: {k: torch.zeros_like(v) for k, v in base.items()} for h in lheads}
         for idx, batch, store in zip(chunks, batches, resid):
             B = len(idx)
@@ -290,7 +285,7 @@ def head_sweep(model, tokenizer, cases, heads=None, method: str = "zero", means:
         results.update({(l, h): v for h, v in per_head.items()})
         if cache is not None:
             tmp = cache / f"layer_{l:03d}.pt.tmp"
-            torch.save({"fingerprint": fp, "heads": {(l, h): v for h, v in per_head.items()}}, tmp)
+            torch.save({"fingerprint": fp, "heads": {**kept[l], **{(l, h): v for h, v in per_head.items()}}}, tmp)
             os.replace(tmp, cache / f"layer_{l:03d}.pt")
     bar.close()
 

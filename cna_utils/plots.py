@@ -15,7 +15,8 @@ __all__ = ["head_heatmaps", "zero_vs_mean"]
 
 
 def head_heatmaps(summary: pd.DataFrame, n_layers: int, n_heads: int, value: str = "drop", column: str = "op",
-                  panels=("all", "+", "-", "*", "/"), scale: float = 100.0, title: str | None = None):
+                  panels=("all", "+", "-", "*", "/"), scale: float = 100.0, title: str | None = None,
+                  unit: str = "points"):
     """One layer x head heatmap per panel (rows of ``summary`` with ``column == panel``).
     ``value`` is multiplied by ``scale`` (accuracy points by default); unswept heads are blank."""
     panels = [p for p in panels if (summary[column] == p).any()]
@@ -27,7 +28,7 @@ def head_heatmaps(summary: pd.DataFrame, n_layers: int, n_heads: int, value: str
         rows = summary[summary[column] == p]
         grid[rows["layer"].to_numpy(), rows["head"].to_numpy()] = rows[value].to_numpy() * scale
         sns.heatmap(grid, ax=ax, cmap="RdBu_r", center=0, vmin=-vmax, vmax=vmax, cbar=ax is axes[0][-1],
-                    cbar_kws={"label": f"{value} (points)"} if ax is axes[0][-1] else None)
+                    cbar_kws={"label": f"{value} ({unit})"} if ax is axes[0][-1] else None)
         ax.set_title(p if p != "all" else "all ops")
         ax.set_xlabel("head")
         ax.set_yticks(np.arange(0, n_layers, max(1, n_layers // 10)) + 0.5)

@@ -55,6 +55,22 @@ def test_same_pairs_across_templates_and_forms():
 def test_profiles_are_complete():
     for name in cu.PROFILES:
         p = cu.get_profile(name)
-        assert {"pairs_base", "pairs_2d", "pairs_digits", "digits", "sweep_layers", "batch_size"} <= set(p["ch1"])
+        assert {"pairs_base", "pairs_2d", "pairs_digits", "digits", "sweep_layers", "sweep_words", "batch_size"} <= set(p["ch1"])
     assert cu.spread_layers(30, 3) == [0, 14, 29] or cu.spread_layers(30, 3) == [0, 15, 29]
     assert cu.spread_layers(30, None) == list(range(30))
+
+
+def test_multiplication_labels_by_token():
+    """For * and /, the last answer TOKEN is memorize and the others change-one, however digits are grouped."""
+    class ThreeDigitTokens:
+        def __call__(self, text):
+            return {"input_ids": [ord(ch) for ch in text]} if not text.endswith(" 408") else \
+                {"input_ids": [ord(ch) for ch in text[:-4]] + [ord(" "), 408]}
+
+        def decode(self, ids):
+            return "".join("408" if i == 408 else chr(i) for i in ids)
+
+    c = [x for x in cu.arithmetic_dataset(ops="*", digits=(2,), n=None, templates=[4], words=False)
+         if (x.a, x.b) == (12, 34)]
+    aligned = cu.align(c, ThreeDigitTokens())[0]
+    assert aligned.answer_ids == (408,) and aligned.kinds == ("memorize",)

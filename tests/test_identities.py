@@ -220,12 +220,47 @@ def test_sweep_resumes_from_saved_layers(tmp_path):
     assert (other.gold_logprob != -123.0).all()
 
 
-def test_sweep_summary_has_all_rows_and_drop():
+def test_sweep_caches_per_head_and_per_weights(tmp_path):
+    """A rerun with more heads computes only the new ones; an edited model never reuses old results."""
+    model = make_model("llama-gqa")
+    cases = random_cases(model, n=4)
+    one = cu.head_sweep(model, TOK, cases, heads=[(1, 0)], cache_dir=tmp_path, progress=False, per_case=True)
+    two = cu.head_sweep(model, TOK, cases, heads=[(1, 0), (1, 3)], cache_dir=tmp_path, progress=False, per_case=True)
+    assert list(two[two["head"] == 0].gold_logprob) == list(one.gold_logprob)
+    assert set(torch.load(tmp_path / "layer_001.pt")["heads"]) == {(1, 0), (1, 3)}
+    with torch.no_grad():
+        cu.final_norm(model).weight.mul_(1.5)
+    edited = cu.head_sweep(model, TOK, cases, heads=[(1, 0)], cache_dir=tmp_path, progress=False, per_case=True)
+    with cu.ablate_heads(model, [(1, 0)]):
+        ref = cu.accuracy(model, TOK, cases)
+    torch.testing.assert_close(torch.tensor(edited.gold_logprob.values, dtype=torch.float64),
+                               torch.tensor(ref.gold_logprob.values, dtype=torch.float64), atol=1e-4, rtol=1e-4)
+
+
+def test_sweep_summary_matches_per_case_means():
     model = make_model("llama-mha")
-    cases = random_cases(model, n=8)
-    df = cu.head_sweep(model, TOK, cases, heads=[(0, 0), (2, 1)], progress=False)
+    cases = random_cases(model, n=8, gold="random")
+    heads = [(0, 0), (2, 1)]
+    df = cu.head_sweep(model, TOK, cases, heads=heads, progress=False)
+    long = cu.head_sweep(model, TOK, cases, heads=heads, progress=False, per_case=True)
     assert set(df.op) == {"+", "-", "*", "/", "all"}
-    allrows = df[df.op == "all"]
-    assert (allrows.n == 8).all()
-    torch.testing.assert_close(torch.tensor(allrows["drop"].values),
-                               torch.tensor((allrows.base_accuracy - allrows.accuracy).values))
+    for (l, h) in heads:
+        rows = long[(long.layer == l) & (long["head"] == h)]
+        for op in "+-*/":
+            sel = rows[rows.op == op]
+            got = df[(df.layer == l) & (df["head"] == h) & (df.op == op)].iloc[0]
+            assert got.n == len(sel)
+            assert got.accuracy == pytest.approx(sel.first_correct.mean())
+            assert got.base_accuracy == pytest.approx(sel.base_first_correct.mean())
+            assert got.gold_logprob == pytest.approx(sel.gold_logprob.mean())
+        allrow = df[(df.layer == l) & (df["head"] == h) & (df.op == "all")].iloc[0]
+        assert allrow.n == 8 and allrow.accuracy == pytest.approx(rows.first_correct.mean())
+
+
+def test_mean_sweep_without_means_uses_head_means():
+    model = make_model("gpt2")
+    cases = random_cases(model, n=5)
+    auto = cu.head_sweep(model, TOK, cases, heads=[(1, 2)], method="mean", progress=False, per_case=True)
+    given = cu.head_sweep(model, TOK, cases, heads=[(1, 2)], method="mean", means=cu.head_means(model, TOK, cases),
+                          progress=False, per_case=True)
+    assert list(auto.gold_logprob) == list(given.gold_logprob)

@@ -1,0 +1,46 @@
+"""Section 3 tables from a made-up sweep summary (the numbers are chosen so the answers are known)."""
+import pandas as pd
+import pytest
+
+import cna_utils as cu
+from cna_utils import head_tables as ht
+
+
+def fake_summary(column="op", values=("all", "+", "-", "*", "/"), base=0.8):
+    """Head (0, h) ablated gives accuracy base - 0.1*h on every group; (1, 0) hurts only '-' and '2D-'."""
+    rows = []
+    for v in values:
+        for l, h in [(0, 0), (0, 1), (0, 2), (1, 0)]:
+            acc = base - 0.1 * h if l == 0 else (0.1 if v in ("-", "1D-", "2D-", "3D-") else base)
+            rows.append({"layer": l, "head": h, column: v, "n": 10, "accuracy": acc, "base_accuracy": base,
+                         "gold_logprob": -1.0, "drop": base - acc})
+    return pd.DataFrame(rows)
+
+
+def test_relative_decrease_is_the_papers():
+    assert cu.relative_decrease(94.5, 39.3) == pytest.approx(58.4, abs=0.05)      # Table 2 from Table 24
+    assert cu.relative_decrease(80.0, 37.9) == pytest.approx(52.6, abs=0.05)
+
+
+def test_ranking_and_tables():
+    sw = fake_summary()
+    assert ht.ranked_heads(sw, "op", "+", 2) == ["0_2", "0_1"]
+    assert ht.ranked_heads(sw, "op", "-", 1) == ["1_0"]
+    t1 = ht.table_1(sw, k=2)
+    assert list(t1.columns) == ["ori", "0_2", "0_1"]
+    assert t1.loc["2D+", "ori"] == pytest.approx(80.0) and t1.loc["2D+", "0_2"] == pytest.approx(60.0)
+    groups = [f"{d}D{op}" for d in (1, 2, 3) for op in "+-*/"]
+    t2, top = ht.table_2(sw, fake_summary("group", groups))
+    assert top == {"+": "0_2", "-": "1_0", "*": "0_2", "/": "0_2"}
+    assert t2.loc["2D", "1_0(-)"] == pytest.approx(100 * 0.7 / 0.8)
+    assert t2.loc["3D", "0_2(+)"] == pytest.approx(25.0)
+    t24 = ht.tables_24_27(fake_summary("group", groups), k=2)
+    assert t24.loc["1D-", "head 1"] == "1_0" and t24.loc["1D-", "acc 1"] == pytest.approx(10.0)
+    assert list(t24.index[:3]) == ["1D+", "2D+", "3D+"]
+
+
+def test_paper_frames():
+    t1 = ht.paper_table_frame("table_1")
+    assert t1.loc["2D+", "17_22"] == 42.9
+    t24 = ht.paper_table_frame("tables_24_27")
+    assert t24.loc["2D/", "head 1"] == "14_19" and t24.loc["2D/", "acc 1"] == 13.7
