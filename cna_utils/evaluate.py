@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from .data import align
-from .forward import answer_logits, encode, model_device, score
+from .forward import answer_logits, encode, length_batches, model_device, score
 
 __all__ = ["accuracy", "summarize", "token_table", "relative_decrease"]
 
@@ -34,10 +34,8 @@ def accuracy(model, tokenizer, cases, batch_size: int = 64) -> pd.DataFrame:
     if len(cases) == 0:
         raise ValueError("no cases given: pass a non-empty list of cases (see arithmetic_dataset)")
     cases = align(cases, tokenizer)
-    order = sorted(range(len(cases)), key=lambda i: len(cases[i].prompt_ids) + len(cases[i].answer_ids))
     rows: list = [None] * len(cases)
-    for j in range(0, len(order), batch_size):
-        idx = order[j:j + batch_size]
+    for idx in length_batches(cases, batch_size):
         batch = encode(tokenizer, [cases[i] for i in idx], model_device(model))
         sc = score(answer_logits(model, batch), batch.targets)
         S = batch.targets.shape[1]

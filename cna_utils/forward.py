@@ -21,7 +21,7 @@ from torch import nn
 
 from .models import _family, _get, base_model, layers, unembed
 
-__all__ = ["Batch", "encode", "hidden_at_answers", "answer_logits", "score", "start_at_layer", "model_device"]
+__all__ = ["Batch", "length_batches", "encode", "hidden_at_answers", "answer_logits", "score", "start_at_layer", "model_device"]
 
 
 def model_device(model) -> torch.device:
@@ -47,6 +47,12 @@ class Batch:
         """k copies stacked replica-major: row r*B + i is case i of replica r."""
         return Batch(*(t.repeat(k, *([1] * (t.dim() - 1))) for t in
                        (self.input_ids, self.attention_mask, self.position_ids, self.targets, self.n_answer)))
+
+
+def length_batches(cases, batch_size: int) -> list[list[int]]:
+    """Case indices grouped into batches of similar sequence length (less padding per forward)."""
+    order = sorted(range(len(cases)), key=lambda i: len(cases[i].prompt_ids) + len(cases[i].answer_ids))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def _pad_id(tokenizer) -> int:

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from .data import align
 from .evaluate import summarize
-from .forward import answer_logits, encode, model_device, score
+from .forward import answer_logits, encode, length_batches, model_device, score
 from .models import layers, model_label, o_proj, spec, weight_out_in
 
 __all__ = ["ablate_heads", "head_means", "zeroed_in_weights", "head_sweep", "parse_heads", "head_name"]
@@ -221,8 +221,7 @@ def head_sweep(model, tokenizer, cases, heads=None, method: str = "zero", means:
         raise ValueError("heads is empty: pass None for every head or a list like [(17, 22)]")
     need = sorted({l for l, _ in heads})
     dev = model_device(model)
-    order = sorted(range(len(cases)), key=lambda i: len(cases[i].prompt_ids) + len(cases[i].answer_ids))
-    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    chunks = length_batches(cases, batch_size)
 
     fp = _fingerprint(model, cases, method, means)
     cache = Path(cache_dir) if cache_dir is not None else None
