@@ -146,8 +146,8 @@ def head_means(model, tokenizer, cases, batch_size: int = 64) -> torch.Tensor:
     cases = align(cases, tokenizer)
     total = torch.zeros(s.n_layers, s.n_heads * s.head_dim, dtype=torch.float64)
     count = 0
-    for i in range(0, len(cases), batch_size):
-        batch = encode(tokenizer, cases[i:i + batch_size], model_device(model))
+    for idx in length_batches(cases, batch_size):
+        batch = encode(tokenizer, [cases[i] for i in idx], model_device(model))
         m = batch.attention_mask.unsqueeze(-1).to(torch.float64)
         store = {}
         handles = _capture_pre({l: o_proj(model, l) for l in range(s.n_layers)}, store,
@@ -223,10 +223,11 @@ def head_sweep(model, tokenizer, cases, heads=None, method: str = "zero", means:
     dev = model_device(model)
     chunks = length_batches(cases, batch_size)
 
-    fp = _fingerprint(model, cases, method, means)
     cache = Path(cache_dir) if cache_dir is not None else None
-    if cache is not None:
+    fp = None
+    if cache is not None:                    # the weight checksum is only needed to match saved layers
         cache.mkdir(parents=True, exist_ok=True)
+        fp = _fingerprint(model, cases, method, means)
     results: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
     todo: dict[int, list[int]] = {}          # layer -> heads still to compute
     kept: dict[int, dict] = {}               # layer -> saved results that match (merged into the file)
