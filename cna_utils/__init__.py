@@ -32,8 +32,8 @@ from .heads import ablate_heads, head_means, head_name, head_sweep, parse_heads,
 from .models import (BUILTIN_MODELS, ModelSpec, UnsupportedModelError, attention, down_proj, ffn_keys,
                      ffn_values, final_norm, layers, load_model, mlp, o_proj, pick_device, pre_ffn_norm, spec,
                      unembed, weight_out_in)
+from .paper import PAPER_MODEL, paper_table
+from .profiles import PROFILES, get_profile, load_results, save_results, spread_layers
 from .tracing import Trace, frozen_logits, frozen_norm, trace
 
 __version__ = "0.1.0"
-from .paper import PAPER_MODEL, paper_table
-from .profiles import PROFILES, get_profile, load_results, save_results, spread_layers

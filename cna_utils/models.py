@@ -238,10 +238,19 @@ def load_model(name: str = "smollm2-135m", device: str | None = None, dtype: tor
     GPU. Models on CUDA are placed with ``device_map="auto"`` so models larger than one GPU load.
     Returns ``(model, tokenizer)``; the tokenizer pads on the left.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()          # keep executed notebooks free of loading bars
+    try:
+        return _load(name, device, dtype)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load(name, device, dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = pick_device(device)
     if isinstance(dtype, str):
