@@ -20,20 +20,34 @@ Heads (``heads``)
     ablate_heads(model, heads, method="zero"|"mean", means)   context manager (o_proj input slices)
     head_means(model, tokenizer, cases);  zeroed_in_weights(model, heads)  (the authors' way)
     head_sweep(model, tokenizer, cases, heads=None, ...) -> DataFrame   batched, resumable
+Neurons (``neurons``)
+    importance_scores(model, trace_or_traces, target_ids) -> [cases, layers, neurons]   exact, batched
+    cna(scores_a, scores_b);  top_neurons(score, k, layers, **columns) -> DataFrame
+    mask_neurons(model, neurons, mode="zero"|"keep", layers)   context manager (every position)
+    run_masked / neuron_effects / coef_decrease
+Vocabulary and circuits (``vocab``, ``circuits``)
+    vocab_projection(model, tokenizer, vectors, k);  concept_mask(tokenizer)  (lexicon.yaml)
+    ov_transform / ov_backproject       value-output maps per layer or head (GQA-expanded)
+    pe_dag_edges;  lowest_neuron;  hidden_interpretable   (Sections 4.3-4.4)
 Profiles and paper numbers (``profiles``, ``paper``)
     get_profile(name=None);  paper_table(key)
 
 Sign conventions: accuracies are fractions in [0, 1]; a "drop" is base minus ablated (bigger =
 more important); log-probabilities are natural logs.
 """
+from .circuits import (attn_norm_linear, hidden_interpretable, lowest_neuron, ov_backproject, ov_transform,
+                       pe_dag_edges)
 from .data import AlignmentError, Case, align, arithmetic_dataset, digit_cases, digit_kinds, number_word
 from .evaluate import accuracy, relative_decrease, summarize, token_table
 from .heads import ablate_heads, head_means, head_name, head_sweep, parse_heads, zeroed_in_weights
 from .models import (BUILTIN_MODELS, ModelSpec, UnsupportedModelError, attention, down_proj, ffn_keys,
-                     ffn_values, final_norm, layers, load_model, mlp, o_proj, pick_device, pre_ffn_norm, spec,
-                     unembed, weight_out_in)
+                     ffn_values, final_norm, layers, load_model, mlp, o_proj, ov_weights, pick_device,
+                     pre_attn_norm, pre_ffn_norm, spec, unembed, weight_out_in)
+from .neurons import (cna, coef_decrease, importance_scores, mask_neurons, neuron_effects, neuron_name,
+                      parse_neurons, projection, run_masked, single_token, top_neurons)
 from .paper import PAPER_MODEL, paper_table
 from .profiles import PROFILES, get_profile, load_results, save_results, spread_layers
 from .tracing import Trace, frozen_logits, frozen_norm, trace
+from .vocab import concept_mask, count_concepts, load_lexicon, token_text, vocab_logits, vocab_projection
 
 __version__ = "0.1.0"

@@ -33,7 +33,7 @@ from torch import nn
 __all__ = [
     "BUILTIN_MODELS", "ModelSpec", "UnsupportedModelError", "load_model", "spec", "layers",
     "attention", "o_proj", "mlp", "down_proj", "ffn_values", "ffn_keys", "pre_ffn_norm",
-    "final_norm", "unembed", "weight_out_in", "base_model", "pick_device",
+    "final_norm", "unembed", "weight_out_in", "base_model", "pick_device", "pre_attn_norm", "ov_weights",
 ]
 
 
@@ -54,6 +54,8 @@ class Family:
     up: str              # relative to a block; fc1 (the "up" half for gated MLPs)
     gate: str | None     # relative to a block; only gated MLPs
     ln_mlp: str          # relative to a block; the norm whose output the FFN reads
+    ln_attn: str         # relative to a block; the norm whose output the attention reads
+    value: str           # relative to a block; the module that computes the values (fused qkv for some)
     final_norm: str
     norm: str            # "rms" or "layer"
     position_embedding: str | None = None   # learned absolute positions (GPT-2)
@@ -62,15 +64,16 @@ class Family:
 FAMILIES = {
     "llama": Family("llama", "model", "model.layers", "self_attn", "self_attn.o_proj", "mlp",
                     "mlp.down_proj", "mlp.up_proj", "mlp.gate_proj", "post_attention_layernorm",
-                    "model.norm", "rms"),
+                    "input_layernorm", "self_attn.v_proj", "model.norm", "rms"),
     "gpt2": Family("gpt2", "transformer", "transformer.h", "attn", "attn.c_proj", "mlp",
-                   "mlp.c_proj", "mlp.c_fc", None, "ln_2", "transformer.ln_f", "layer",
+                   "mlp.c_proj", "mlp.c_fc", None, "ln_2", "ln_1", "attn.c_attn", "transformer.ln_f", "layer",
                    position_embedding="transformer.wpe"),
     "gptj": Family("gptj", "transformer", "transformer.h", "attn", "attn.out_proj", "mlp",
-                   "mlp.fc_out", "mlp.fc_in", None, "ln_1", "transformer.ln_f", "layer"),
+                   "mlp.fc_out", "mlp.fc_in", None, "ln_1", "ln_1", "attn.v_proj", "transformer.ln_f", "layer"),
     "gpt_neox": Family("gpt_neox", "gpt_neox", "gpt_neox.layers", "attention", "attention.dense",
                        "mlp", "mlp.dense_4h_to_h", "mlp.dense_h_to_4h", None,
-                       "post_attention_layernorm", "gpt_neox.final_layer_norm", "layer"),
+                       "post_attention_layernorm", "input_layernorm", "attention.query_key_value",
+                       "gpt_neox.final_layer_norm", "layer"),
 }
 # Hugging Face model_type -> family. Llama-family models share one map (gated MLP, RMSNorm, GQA).
 MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "gpt2": "gpt2",
@@ -165,6 +168,29 @@ def down_proj(model, l: int) -> nn.Module:
 
 def pre_ffn_norm(model, l: int) -> nn.Module:
     return _in_layer(model, l, "ln_mlp")
+
+
+def pre_attn_norm(model, l: int) -> nn.Module:
+    return _in_layer(model, l, "ln_attn")
+
+
+def ov_weights(model, l: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The value-output weights of layer l's heads: ``W_V`` [H, head_dim, d_model] (GQA-expanded:
+    query head h gets key/value head h // (H / H_kv)) and ``W_O`` [H, d_model, head_dim], so head
+    h maps a normed vector x to ``W_O[h] @ W_V[h] @ x``. Biases are left out: they do not depend on
+    the vector being transformed."""
+    fam, s = _family(model), spec(model)
+    H, hd, d = s.n_heads, s.head_dim, s.d_model
+    w = weight_out_in(_in_layer(model, l, "value"))
+    if fam.name == "gpt2":                        # fused [q; k; v], each [H * hd, d]
+        wv = w[2 * H * hd:3 * H * hd].reshape(H, hd, d)
+    elif fam.name == "gpt_neox":                  # fused, per head [q_h; k_h; v_h]
+        wv = w.reshape(H, 3, hd, d)[:, 2]
+    else:
+        wv = w.reshape(s.n_kv_heads, hd, d)
+        wv = wv.repeat_interleave(H // s.n_kv_heads, dim=0)
+    wo = weight_out_in(o_proj(model, l)).reshape(d, H, hd).permute(1, 0, 2)
+    return wv, wo
 
 
 def final_norm(model) -> nn.Module:

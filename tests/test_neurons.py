@@ -1,0 +1,245 @@
+"""Importance scores, CNA, neuron interventions and value-output transforms: identities on tiny
+random models of every supported family."""
+import pytest
+import torch
+
+import cna_utils as cu
+
+from conftest import PadTokenizer, make_model, random_cases
+
+TOK = PadTokenizer()
+
+
+def _trace(model, cases, **kw):
+    return cu.trace(model, TOK, [c.prompt_ids for c in cases], **kw)
+
+
+def _straightforward_importance(model, tr, targets):
+    """The definition, one neuron at a time: add m_k v_k to r^l, recompute the frozen-norm softmax."""
+    s = cu.spec(model)
+    out = torch.zeros(len(targets), s.n_layers, s.d_mlp)
+    for b, w in enumerate(targets):
+        for l in range(s.n_layers):
+            r = tr.resid_mid[b, l]
+            sc, mu = tr.norm_scale[b], tr.norm_mean[b]
+            base = torch.log_softmax(cu.frozen_logits(model, r, sc, mu), -1)[w]
+            vals = cu.ffn_values(model, l).float()
+            for k in range(s.d_mlp):
+                h = r + tr.coef[b, l, k] * vals[:, k]
+                out[b, l, k] = torch.log_softmax(cu.frozen_logits(model, h, sc, mu), -1)[w] - base
+    return out
+
+
+def test_importance_scores_equal_the_definition(tiny):
+    _, model = tiny
+    cases = random_cases(model, n=3)
+    targets = [c.answer_ids[0] for c in cases]
+    tr = _trace(model, cases)
+    fast = cu.importance_scores(model, tr, targets, chunk=7)          # a chunk that does not divide d_mlp
+    ref = _straightforward_importance(model, tr, targets)
+    torch.testing.assert_close(fast, ref, atol=2e-5, rtol=1e-4)
+    assert fast.abs().max() > 1e-3                                    # not trivially zero
+
+
+def test_importance_for_two_traces_shares_projection(tiny):
+    _, model = tiny
+    cases = random_cases(model, n=4)
+    targets = [c.answer_ids[0] for c in cases]
+    tr_a = _trace(model, cases)
+    with cu.ablate_heads(model, [(0, 0)]):
+        tr_b = _trace(model, cases)
+    a, b = cu.importance_scores(model, [tr_a, tr_b], targets)
+    torch.testing.assert_close(a, cu.importance_scores(model, tr_a, targets))
+    torch.testing.assert_close(b, cu.importance_scores(model, tr_b, targets))
+    assert cu.cna(a, a).abs().max() == 0                              # a model compared with itself
+    assert cu.cna(a, b).abs().max() > 1e-4
+
+
+def test_cna_below_ablated_layer_is_zero():
+    model = make_model("llama-gqa")
+    cases = random_cases(model, n=3)
+    targets = [c.answer_ids[0] for c in cases]
+    tr_a = _trace(model, cases)
+    with cu.ablate_heads(model, [(2, 1)]):
+        tr_b = _trace(model, cases)
+    d = cu.cna(*cu.importance_scores(model, [tr_a, tr_b], targets, shared_norm=True))
+    assert d[:, :2].abs().max() < 1e-6          # layers 0, 1 see the same residual: no difference
+    assert d[:, 2].abs().max() > 1e-4           # layer 2's FFN reads the ablated head's output
+    own = cu.cna(*cu.importance_scores(model, [tr_a, tr_b], targets))
+    assert own[:, :2].abs().max() > 0           # each model's own final scale: a small difference remains
+
+
+def test_top_neurons_ranks_and_reports_columns():
+    score = torch.zeros(2, 3, 5)
+    score[0, 2, 4], score[0, 1, 0], score[1, 0, 3] = 3.0, 2.0, 1.0
+    extra = torch.arange(30.).view(2, 3, 5)
+    top = cu.top_neurons(score, 2, layers=[10, 11, 12], extra=extra)
+    first = top[top.case == 0]
+    assert list(first.name) == ["12_4", "11_0"]
+    assert list(first.extra) == [14.0, 5.0]
+    assert top[top.case == 1].iloc[0]["name"] == "10_3"
+    with pytest.raises(ValueError, match="positive"):
+        cu.top_neurons(score, 0)
+
+
+def test_mask_neurons_equals_editing_down_proj(tiny):
+    _, model = tiny
+    s = cu.spec(model)
+    cases = random_cases(model, n=4)
+    chosen = [(0, 1), (s.n_layers - 1, s.d_mlp - 1), (0, 3)]
+
+    def logits():
+        return _trace(model, cases, keep=()).logits
+
+    with cu.mask_neurons(model, chosen):
+        zeroed_hook = logits()
+    with cu.mask_neurons(model, chosen, mode="keep", layers=[0, s.n_layers - 1]):
+        kept_hook = logits()
+    ref = logits()
+    with torch.no_grad():
+        saved = {l: cu.ffn_values(model, l).clone() for l in range(s.n_layers)}
+        for l, k in chosen:
+            cu.ffn_values(model, l)[:, k] = 0
+        zeroed_w = logits()
+        for l in range(s.n_layers):
+            cu.ffn_values(model, l).copy_(saved[l])
+        for l in (0, s.n_layers - 1):
+            keep = [k for ll, k in chosen if ll == l]
+            drop = [k for k in range(s.d_mlp) if k not in keep]
+            cu.ffn_values(model, l)[:, drop] = 0
+        kept_w = logits()
+        for l in range(s.n_layers):
+            cu.ffn_values(model, l).copy_(saved[l])
+    assert not torch.allclose(zeroed_hook, ref, atol=1e-5)
+    torch.testing.assert_close(zeroed_hook, zeroed_w, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(kept_hook, kept_w, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits(), ref)                     # hooks are gone
+
+
+def test_run_masked_rows_match_single_interventions():
+    model = make_model("llama-mha")
+    case = random_cases(model, n=1)[0]
+    tgt = case.answer_ids[0]
+    sets = [[], [(1, 2)], [(0, 0), (2, 5)]]
+    out = cu.run_masked(model, TOK, case.prompt_ids, tgt, sets, coef_layers=[1, 2])
+    tr = _trace(model, [case])
+    torch.testing.assert_close(out["coef"][0], tr.coef[0, 1:])
+    assert out["coef"][1, 0, 2] == 0                                    # the zeroed neuron reads 0
+    for r, ns in enumerate(sets):
+        with cu.mask_neurons(model, ns):
+            lp = torch.log_softmax(_trace(model, [case], keep=()).logits[0], -1)[tgt]
+        torch.testing.assert_close(out["logprob"][r], lp, atol=1e-5, rtol=1e-5)
+    eff = cu.neuron_effects(model, TOK, case.prompt_ids, tgt, [(1, 2), (2, 5)])
+    assert eff.logprob_drop.values[0] == pytest.approx(float(out["logprob"][0] - out["logprob"][1]), abs=1e-5)
+
+
+def test_bad_neurons_and_targets_raise():
+    model = make_model("llama-mha")
+    s = cu.spec(model)
+    with pytest.raises(IndexError, match="out of range"):
+        with cu.mask_neurons(model, [(0, s.d_mlp)]):
+            pass
+    with pytest.raises(IndexError, match="layer"):
+        cu.parse_neurons(model, ["9_0"])
+    with pytest.raises(ValueError, match="layer_index"):
+        cu.parse_neurons(model, ["nine"])
+    with pytest.raises(ValueError, match="layers"):
+        with cu.mask_neurons(model, [(0, 1)], mode="keep"):
+            pass
+    cases = random_cases(model, n=2)
+    tr = _trace(model, cases)
+    with pytest.raises(ValueError, match="one target"):
+        cu.importance_scores(model, tr, [1, 2, 3])
+    with pytest.raises(IndexError, match="target ids"):
+        cu.importance_scores(model, tr, [1, 10_000])
+
+
+def test_coef_decrease_is_signed_and_relative():
+    before = torch.tensor([2.0, -1.0, 1.0])
+    assert cu.coef_decrease(before, before) == 0
+    assert cu.coef_decrease(before, torch.zeros(3)) == pytest.approx(100.0)
+    assert cu.coef_decrease(before, torch.tensor([1.0, -0.5, 0.5])) == pytest.approx(50.0)
+    assert cu.coef_decrease(before, 2 * before) == pytest.approx(-100.0)
+
+
+def _zero_biases(model):
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("bias") and ("attn" in n or "attention" in n or "ln_1" in n or "input_layernorm" in n):
+                p.zero_()
+
+
+def test_ov_transform_is_the_attention_output_of_a_single_token(tiny):
+    """With one token, attention attends to itself with weight 1: A = OV(N(x)) (biases zeroed)."""
+    name, model = tiny
+    _zero_biases(model)
+    s = cu.spec(model)
+    ids = [[5], [17], [60]]
+    for l in range(s.n_layers):
+        tr = cu.trace(model, TOK, ids, layers=[l], keep=("resid_in", "attn_out"))
+        x = tr.resid_in[:, 0]
+        if s.family == "llama":
+            scale = torch.sqrt(x.pow(2).mean(-1) + s.norm_eps)
+        else:
+            scale = torch.sqrt(x.var(-1, unbiased=False) + s.norm_eps)
+        got = cu.ov_transform(model, l, x, scale=scale)
+        torch.testing.assert_close(got, tr.attn_out[:, 0], atol=1e-5, rtol=1e-4)
+        per_head = cu.ov_transform(model, l, x, per_head=True, scale=scale)
+        assert per_head.shape == (3, s.n_heads, s.d_model)
+        torch.testing.assert_close(per_head.sum(1), got, atol=1e-6, rtol=1e-5)
+
+
+def test_ov_backproject_is_the_transpose(tiny):
+    _, model = tiny
+    s = cu.spec(model)
+    torch.manual_seed(1)
+    v, w = torch.randn(s.d_model), torch.randn(s.d_model)
+    for heads in (None, [1]):
+        u = cu.ov_backproject(model, 1, w, heads=heads, scale=2.0)
+        lhs = u @ v
+        rhs = w @ cu.ov_transform(model, 1, v, heads=heads, scale=torch.tensor(2.0))
+        torch.testing.assert_close(lhs, rhs, atol=1e-4, rtol=1e-4)
+
+
+def test_vocab_projection_of_an_unembedding_row_ranks_its_token_first():
+    """Constructed case: unit-norm unembedding rows, so <e_t, e_t> beats every other token."""
+    model = make_model("llama-mha")                 # untied embeddings
+    with torch.no_grad():
+        w = cu.unembed(model).weight
+        w.div_(w.norm(dim=-1, keepdim=True))
+        g = cu.final_norm(model).weight
+    tok = PadTokenizer()
+    tok.decode = lambda ids: f"t{ids[0]}"
+    for t in (3, 40, 96):
+        v = cu.unembed(model).weight[t] / g
+        assert cu.vocab_projection(model, tok, v, k=3)[0] == f"t{t}"
+        assert cu.vocab_logits(model, v).argmax() == t
+
+
+def test_pe_dag_edges_are_value_key_products():
+    model = make_model("llama-mha")
+    edges = cu.pe_dag_edges(model, ["0_3", "2_7", "1_1"], coefs={"0_3": 2.0, "2_7": 1.0, "1_1": -1.0})
+    assert set(zip(edges.lower, edges.upper)) == {("0_3", "2_7"), ("0_3", "1_1"), ("1_1", "2_7")}
+    row = edges[(edges.lower == "0_3") & (edges.upper == "2_7")].iloc[0]
+    with torch.no_grad():
+        v = cu.ffn_values(model, 0)[:, 3]
+        keys = cu.ffn_keys(model, 2)
+    assert row.ip_up == pytest.approx(float(keys["up"][7] @ v), rel=1e-5)
+    assert row.ip_gate == pytest.approx(float(keys["gate"][7] @ v), rel=1e-5)
+    assert row.subvalue_ip_sum == pytest.approx(2.0 * row.ip_sum, rel=1e-5)
+    assert 0 <= row.percentile <= 100
+
+
+def test_hidden_interpretable_counts_match_a_direct_projection():
+    model = make_model("llama-gqa")
+    s = cu.spec(model)
+    mask = torch.zeros(s.vocab_size, dtype=torch.bool)
+    mask[::3] = True
+    res = cu.hidden_interpretable(model, mask, ffn_layers=[0, 1], attn_layers=[1, 2], k=10, chunk=16)
+    assert len(res) == 2 * s.d_mlp
+    r = res[(res.layer == 0) & (res.neuron == 5)].iloc[0]
+    v = cu.ffn_values(model, 0)[:, 5]
+    counts = [int(mask[cu.vocab_logits(model, cu.ov_transform(model, a, v)).topk(10).indices].sum()) for a in (1, 2)]
+    assert r.concepts == max(counts) and r.attn_layer == (1, 2)[counts.index(max(counts))]
+    assert r.concepts_raw == int(mask[cu.vocab_logits(model, v).topk(10).indices].sum())
+    assert (res[res.layer == 1].attn_layer == 2).all()               # layer-1 neurons are read by layer 2 only
