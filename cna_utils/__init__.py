@@ -35,8 +35,14 @@ Profiles and paper numbers (``profiles``, ``paper``)
 Sign conventions: accuracies are fractions in [0, 1]; a "drop" is base minus ablated (bigger =
 more important); log-probabilities are natural logs.
 """
+import warnings
+
+# tqdm.auto warns in every notebook without ipywidgets; its plain-text bars are what we want there
+warnings.filterwarnings("ignore", message="IProgress not found")
+
+from . import analysis, chapter  # noqa: E402
 from .circuits import (attn_norm_linear, hidden_interpretable, lowest_neuron, ov_backproject, ov_transform,
-                       pe_dag_edges)
+                       pe_dag_edges, transfer_scores)
 from .data import AlignmentError, Case, align, arithmetic_dataset, digit_cases, digit_kinds, number_word
 from .evaluate import accuracy, relative_decrease, summarize, token_table
 from .heads import ablate_heads, head_means, head_name, head_sweep, parse_heads, zeroed_in_weights

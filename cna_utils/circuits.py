@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .models import _family, ffn_keys, ffn_values, ov_weights, pre_attn_norm, spec
 from .neurons import neuron_name, parse_neurons
 from .vocab import count_concepts, vocab_logits
 
 __all__ = ["attn_norm_linear", "ov_transform", "ov_backproject", "pe_dag_edges", "lowest_neuron",
-           "hidden_interpretable"]
+           "hidden_interpretable", "transfer_scores"]
 
 
 def attn_norm_linear(model, l: int, v: torch.Tensor, scale=None) -> torch.Tensor:
@@ -83,28 +83,39 @@ def _key(model, l, k):
 
 
 @torch.no_grad()
-def pe_dag_edges(model, neurons, coefs=None) -> pd.DataFrame:
-    """Inner products between the FFN value of each lower neuron and the FFN keys of each neuron
-    in a higher layer (paper Section 4.3). ``coefs``: optional {name: coefficient score} to also
-    give the subvalue's product (m_lower * v_lower . key_upper). Gated MLPs report the up key and
-    the gate key; ``percentile`` ranks ``up + gate`` of this pair among the lower value's products
-    with EVERY neuron of the upper layer (100 = the largest of that layer)."""
+def pe_dag_edges(model, neurons, coefs=None, resid=None) -> pd.DataFrame:
+    """Inner products between the FFN value of each lower neuron and the FFN keys of each neuron in
+    a higher layer (paper Section 4.3). Gated MLPs report the up key and the gate key.
+
+    ``coefs`` ({name: coefficient score}) adds ``subvalue_ip_sum`` = m_lower * (v . up + v . gate).
+    ``resid`` ({layer: r^l at the position}, the upper layer's FFN input before its norm) adds
+    ``enhance``: m_lower * sum over keys of sign(key . r^l) * (v . key), positive when the lower
+    subvalue pushes each of the upper neuron's pre-activations further in the direction they
+    already have (so its coefficient grows in size); ``percentile`` then ranks ``enhance`` among
+    the same quantity for EVERY neuron of the upper layer (100 = the largest), otherwise it ranks
+    ``ip_sum``."""
     ns = parse_neurons(model, neurons)
     rows = []
     for lo in ns:
         v = ffn_values(model, lo[0])[:, lo[1]].float()
+        m = float(coefs[neuron_name(*lo)]) if coefs is not None else None
         for hi in ns:
             if hi[0] <= lo[0]:
                 continue
-            keys = ffn_keys(model, hi[0])
-            allk = sum(w.float() @ v for w in keys.values())            # [N] up (+ gate) for every upper neuron
-            ip = {name: float(w[hi[1]].float() @ v) for name, w in keys.items()}
-            tot = float(allk[hi[1]])
+            keys = {name: w.float() for name, w in ffn_keys(model, hi[0]).items()}
+            ips = {name: w @ v for name, w in keys.items()}                       # [N] per key
+            tot = sum(ips.values())
             row = dict(lower=neuron_name(*lo), upper=neuron_name(*hi), lower_layer=lo[0], upper_layer=hi[0],
-                       **{f"ip_{k}": x for k, x in ip.items()}, ip_sum=tot,
-                       percentile=float(100 * (allk < tot).float().mean()))
-            if coefs is not None:
-                row["subvalue_ip_sum"] = float(coefs[neuron_name(*lo)]) * tot
+                       **{f"ip_{k}": float(x[hi[1]]) for k, x in ips.items()}, ip_sum=float(tot[hi[1]]))
+            rank_by = tot
+            if m is not None:
+                row["subvalue_ip_sum"] = m * row["ip_sum"]
+            if m is not None and resid is not None:
+                r = resid[hi[0]].float().to(v.device)
+                signed = sum(torch.sign(keys[k] @ r) * ips[k] for k in keys) * m       # [N]
+                row["enhance"] = float(signed[hi[1]])
+                rank_by = signed
+            row["percentile"] = float(100 * (rank_by < rank_by[hi[1]]).float().mean())
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -155,3 +166,51 @@ def hidden_interpretable(model, mask: torch.Tensor, ffn_layers, attn_layers, k: 
     out = pd.concat(frames, ignore_index=True)
     out["name"] = [neuron_name(l, n) for l, n in zip(out.layer, out.neuron)]
     return out
+
+
+@torch.no_grad()
+def transfer_scores(model, tokenizer, case, head, root, positions, ffn_layers, attn_layers, top: int = 20) -> pd.DataFrame:
+    """Rank shallow FFN subvalues at the operand ``positions`` by how much they feed ``root``'s keys
+    along the path of paper Section 4.4: written at position p by FFN layer l, moved to the last
+    position by the value-output maps of an attention layer t (l < t, all heads summed, attention
+    pattern ignored as in the authors' code), read there by ``head``'s value-output map, and dotted
+    with the root neuron's keys (up + gate). Every norm on the path is linear with its scale frozen
+    at the real residual of its position.
+
+    Returns the ``top`` rows by score (the best attention layer t per neuron and position), with
+    the word embedding of each position scored the same way (``layer = -1``)."""
+    from .neurons import neuron_name as _nn
+    from .tracing import norm_stats as _norm_stats, trace as _trace
+
+    (hl, hh), = [tuple(int(x) for x in str(head).split("_"))] if isinstance(head, str) else [tuple(head)]
+    (rl, rk), = parse_neurons(model, [root])
+    tr = _trace(model, tokenizer, [case], positions="all", keep=("resid_in", "coef"))
+    n = int(tr.lengths[0])
+    last = n - 1
+    keys = ffn_keys(model, rl)
+    key = sum(w[rk].float() for w in keys.values())
+    s_head, _ = _norm_stats(model, tr.resid_in[0, last, hl])
+    w_head = ov_backproject(model, hl, key, heads=[hh], scale=float(s_head))
+    vals = {l: ffn_values(model, l).float() for l in ffn_layers}
+    rows = []
+    for t in attn_layers:
+        if t >= hl:
+            continue
+        for p in positions:
+            s_t, _ = _norm_stats(model, tr.resid_in[0, p, t])
+            u = ov_backproject(model, t, w_head, scale=float(s_t))
+            emb = float(tr.resid_in[0, p, 0] @ u)
+            rows.append(dict(layer=-1, neuron=-1, name=f"embedding@{p}", position=p, attn_layer=t, score=emb,
+                             coef=1.0))
+            for l in ffn_layers:
+                if l >= t:
+                    continue
+                m = tr.coef[0, p, l]
+                sc = m * (vals[l].t() @ u)                                         # [N]
+                best = sc.topk(min(top, len(sc))).indices
+                rows += [dict(layer=l, neuron=int(k), name=_nn(l, int(k)), position=p, attn_layer=t,
+                              score=float(sc[k]), coef=float(m[k])) for k in best]
+    df = pd.DataFrame(rows)
+    df = df.sort_values("score", ascending=False).drop_duplicates(["name", "position"])
+    emb = df[df.layer == -1]
+    return pd.concat([df[df.layer >= 0].head(top), emb], ignore_index=True)

@@ -266,11 +266,18 @@ def load_model(name: str = "smollm2-135m", device: str | None = None, dtype: tor
     """
     from transformers.utils import logging as hf_logging
 
+    import functools
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()          # keep executed notebooks free of loading bars
+    gguf_bar = gguf_utils.tqdm                 # the GGUF converter draws its own bar
+    gguf_utils.tqdm = functools.partial(gguf_bar, disable=True)
     try:
         return _load(name, device, dtype)
     finally:
+        gguf_utils.tqdm = gguf_bar
         if bars:
             hf_logging.enable_progress_bar()
 

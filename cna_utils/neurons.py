@@ -26,7 +26,7 @@ from contextlib import contextmanager
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .forward import encode, model_device
 from .models import down_proj, ffn_values, final_norm, spec, unembed

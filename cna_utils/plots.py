@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-__all__ = ["head_heatmaps", "zero_vs_mean"]
+__all__ = ["head_heatmaps", "zero_vs_mean", "neuron_layers", "score_vs_effect", "pe_dag", "logic_chain"]
 
 
 def head_heatmaps(summary: pd.DataFrame, n_layers: int, n_heads: int, value: str = "drop", column: str = "op",
@@ -51,5 +51,87 @@ def zero_vs_mean(frame: pd.DataFrame, x: str = "zero drop", y: str = "mean drop"
     ax.plot([lo, hi], [lo, hi], color="gray", lw=0.8, ls="--")
     ax.set_xlabel(f"{x} (points)")
     ax.set_ylabel(f"{y} (points)")
+    fig.tight_layout()
+    return fig
+
+
+def neuron_layers(top: pd.DataFrame, n_layers: int, mark=None, title: str | None = None):
+    """How many of the cases' top neurons sit in each layer (bars); ``mark`` draws a vertical line
+    (e.g. the ablated head's layer)."""
+    counts = top.layer.value_counts().reindex(range(n_layers), fill_value=0)
+    fig, ax = plt.subplots(figsize=(7, 2.8))
+    ax.bar(counts.index, counts.values, color="tab:blue")
+    if mark is not None:
+        ax.axvline(mark - 0.5, color="tab:red", ls="--", lw=1)
+        ax.text(mark - 0.4, counts.max() * 0.95, f"head's layer {mark}", color="tab:red", fontsize=8)
+    ax.set_xlabel("FFN layer")
+    ax.set_ylabel("neurons")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def score_vs_effect(frame: pd.DataFrame, x: str = "score", y: str = "effect"):
+    """Static importance score against the causal effect of zeroing the neuron, one point per
+    (case, neuron), coloured by case."""
+    fig, ax = plt.subplots(figsize=(4.8, 4))
+    sns.scatterplot(data=frame, x=x, y=y, hue="case", palette="tab10", legend=False, ax=ax, s=18)
+    lo = min(frame[x].min(), frame[y].min(), 0)
+    hi = max(frame[x].max(), frame[y].max())
+    ax.plot([lo, hi], [lo, hi], color="gray", lw=0.8, ls="--")
+    ax.set_xlabel("importance score (static, nats)")
+    ax.set_ylabel("drop in log p(answer) when zeroed (nats)")
+    fig.tight_layout()
+    return fig
+
+
+def pe_dag(nodes: pd.DataFrame, edges: pd.DataFrame, weight: str = "subvalue_ip_sum", title: str | None = None):
+    """The prediction-enhancing DAG: neurons placed by layer (y) and rank (x), labelled with their
+    top token; an arrow lower -> upper per edge, width proportional to ``weight``."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    pos = {}
+    for layer, grp in nodes.groupby("layer"):
+        for j, (_, r) in enumerate(grp.iterrows()):
+            pos[r["name"]] = (j - (len(grp) - 1) / 2, layer)
+    wmax = max(1e-9, float(edges[weight].abs().max())) if len(edges) else 1.0
+    for _, e in edges.iterrows():
+        (x0, y0), (x1, y1) = pos[e.lower], pos[e.upper]
+        ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
+                    arrowprops=dict(arrowstyle="-|>", lw=0.5 + 3.5 * abs(e[weight]) / wmax,
+                                    color="tab:red" if e[weight] > 0 else "tab:blue", alpha=0.7,
+                                    shrinkA=12, shrinkB=12))
+    for _, r in nodes.iterrows():
+        x, y = pos[r["name"]]
+        ax.scatter([x], [y], s=420, color="white", edgecolor="black", zorder=3)
+        ax.text(x, y, f"{r['name']}\n{r['label']}", ha="center", va="center", fontsize=7, zorder=4)
+    ys = [p[1] for p in pos.values()]
+    ax.set_ylim(min(ys) - 1, max(ys) + 1)
+    xs = [p[0] for p in pos.values()]
+    ax.set_xlim(min(xs) - 1, max(xs) + 1)
+    ax.set_ylabel("FFN layer")
+    ax.set_xticks([])
+    ax.set_title(title or "PE-DAG (red: pushes the upper neuron's key up; width: size)")
+    fig.tight_layout()
+    return fig
+
+
+def logic_chain(stages: list[tuple[str, str]], title: str | None = None):
+    """Figure 1 of the paper as boxes and arrows: ``stages`` is a list of (stage name, text)."""
+    fig, ax = plt.subplots(figsize=(11, 2.9))
+    n = len(stages)
+    for i, (name, text) in enumerate(stages):
+        x = i / n
+        ax.add_patch(plt.Rectangle((x + 0.01, 0.12), 1 / n - 0.04, 0.7, fill=True, color="#eef3fb", ec="#3b6fb6"))
+        ax.text(x + 0.5 / n - 0.01, 0.76, name, ha="center", va="top", fontsize=9, weight="bold")
+        ax.text(x + 0.5 / n - 0.01, 0.62, text, ha="center", va="top", fontsize=7.5, wrap=True)
+        if i < n - 1:
+            ax.annotate("", xy=((i + 1) / n + 0.01, 0.47), xytext=((i + 1) / n - 0.03, 0.47),
+                        arrowprops=dict(arrowstyle="-|>", color="#3b6fb6"))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 0.9)
+    ax.axis("off")
+    if title:
+        ax.set_title(title)
     fig.tight_layout()
     return fig

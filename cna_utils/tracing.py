@@ -33,7 +33,7 @@ from .data import Case
 from .forward import answer_logits, encode, model_device
 from .models import attention, down_proj, final_norm, layers as layer_list, mlp, o_proj, spec, unembed
 
-__all__ = ["Trace", "trace", "frozen_norm", "frozen_logits", "KEEP_ALL"]
+__all__ = ["Trace", "trace", "frozen_norm", "frozen_logits", "norm_stats", "KEEP_ALL"]
 
 KEEP_ALL = ("resid_in", "attn_out", "head_in", "resid_mid", "coef", "ffn_out", "resid_out")
 
@@ -70,6 +70,12 @@ def _norm_stats(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.sqrt(xf.pow(2).mean(-1) + s.norm_eps), torch.zeros(xf.shape[:-1], device=x.device)
     mu = xf.mean(-1)
     return torch.sqrt(xf.var(-1, unbiased=False) + s.norm_eps), mu
+
+
+def norm_stats(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, mean) of a norm of this model's family applied to x [..., d] (RMSNorm: the root mean
+    square with eps, mean 0; LayerNorm: the standard deviation with eps, and the mean)."""
+    return _norm_stats(model, x)
 
 
 def frozen_norm(model, h: torch.Tensor, scale: torch.Tensor, mean: torch.Tensor | None = None) -> torch.Tensor:

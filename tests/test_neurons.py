@@ -228,6 +228,10 @@ def test_pe_dag_edges_are_value_key_products():
     assert row.ip_gate == pytest.approx(float(keys["gate"][7] @ v), rel=1e-5)
     assert row.subvalue_ip_sum == pytest.approx(2.0 * row.ip_sum, rel=1e-5)
     assert 0 <= row.percentile <= 100
+    r = torch.randn(cu.spec(model).d_model)
+    signed = cu.pe_dag_edges(model, ["0_3", "2_7"], coefs={"0_3": 2.0, "2_7": 1.0}, resid={2: r}).iloc[0]
+    expect = 2.0 * sum(float(torch.sign(keys[k][7] @ r) * (keys[k][7] @ v)) for k in keys)
+    assert signed.enhance == pytest.approx(expect, rel=1e-4, abs=1e-8)
 
 
 def test_hidden_interpretable_counts_match_a_direct_projection():
@@ -243,3 +247,39 @@ def test_hidden_interpretable_counts_match_a_direct_projection():
     assert r.concepts == max(counts) and r.attn_layer == (1, 2)[counts.index(max(counts))]
     assert r.concepts_raw == int(mask[cu.vocab_logits(model, v).topk(10).indices].sum())
     assert (res[res.layer == 1].attn_layer == 2).all()               # layer-1 neurons are read by layer 2 only
+
+
+def test_cna_cases_matches_full_computation(tmp_path):
+    """cna_cases skips the intervened model's layers below the head: same numbers as scoring all."""
+    from cna_utils.analysis import cna_cases
+    model = make_model("llama-gqa")
+    cases = random_cases(model, n=3)
+    res = cna_cases(model, TOK, cases, "1_2", cache_dir=tmp_path)
+    tr_a = _trace(model, cases)
+    with cu.ablate_heads(model, ["1_2"]):
+        tr_b = _trace(model, cases)
+    a, b = cu.importance_scores(model, [tr_a, tr_b], [c.answer_ids[0] for c in cases], shared_norm=True)
+    torch.testing.assert_close(res.imp_ori, a)
+    torch.testing.assert_close(res.imp_inv, b, atol=1e-6, rtol=1e-5)
+    again = cna_cases(model, TOK, cases, "1_2", cache_dir=tmp_path)        # loaded from the cache
+    assert torch.equal(again.imp_inv, res.imp_inv) and len(list(tmp_path.iterdir())) == 1
+    top = res.top(4, case=1)
+    assert len(top) == 4 and (top.layer >= 1).all()
+
+
+def test_transfer_scores_follow_the_stated_path():
+    """Each score equals the path computed forward: m v -> OV of layer t (source position's norm)
+    -> the head's OV (last position's norm) -> dot with the root's up + gate keys."""
+    model = make_model("llama-gqa")                      # 3 layers: FFN 0 -> attention 1 -> head 2_1 -> root 2_5
+    case = random_cases(model, n=1, prompt_len=(5, 5))[0]
+    ts = cu.transfer_scores(model, TOK, case, "2_1", "2_5", positions=[1, 3], ffn_layers=[0], attn_layers=[1], top=5)
+    tr = cu.trace(model, TOK, [case], positions="all", keep=("resid_in", "coef"))
+    key = sum(w[5] for w in cu.ffn_keys(model, 2).values()).detach()
+    s_head = cu.tracing.norm_stats(model, tr.resid_in[0, -1, 2])[0]
+    assert (ts.layer == -1).sum() == 2 and (ts.layer == 0).sum() == 5
+    for r in ts.itertuples():
+        p = r.position
+        vec = tr.resid_in[0, p, 0] if r.layer < 0 else cu.ffn_values(model, 0)[:, r.neuron].detach() * tr.coef[0, p, 0, r.neuron]
+        moved = cu.ov_transform(model, 1, vec, scale=cu.tracing.norm_stats(model, tr.resid_in[0, p, 1])[0])
+        read = cu.ov_transform(model, 2, moved, heads=[1], scale=s_head)
+        assert r.score == pytest.approx(float(key @ read), rel=1e-3, abs=1e-6)

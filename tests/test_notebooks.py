@@ -60,3 +60,16 @@ def test_chapter1_results_are_consistent(smoke_book):
     assert len(r["table_1"]["heads"]) == 5
     assert set(r["table_2"]["top_heads"]) == {"+", "-", "*", "/"}
     assert r["heads_swept"] == 27 and r["heads_per_forward"] >= 9
+
+
+def test_chapters_2_to_4_results_are_consistent(smoke_book):
+    load = lambda n: json.loads((smoke_book / "book" / "results" / f"{n}.json").read_text())
+    r2, r3, r4 = load("02_cna"), load("03_prediction_enhancing_dag"), load("04_hidden_interpretable_neurons")
+    assert r2["head"] == r3["head"] == r4["head"]                       # one head and case across chapters
+    assert r2["case"]["prompt"] == r3["case"]["prompt"] == r4["case"]["prompt"]
+    assert set(r2["table_5"]) == {"mask", "keep", "coef"}
+    assert all(0 <= v <= 100 for k in ("mask", "keep") for v in r2["table_5"][k].values())
+    assert len(r2["table_4"]) == 10
+    assert set(r3["table_6"]) == {"top99", "top50", "top30", "top20", "top10"}
+    numbers = [r4["table_8"][f"M={m}"]["number"] for m in range(4)]
+    assert numbers == sorted(numbers, reverse=True)                     # a higher threshold keeps fewer neurons

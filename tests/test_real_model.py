@@ -50,3 +50,39 @@ def test_frozen_norm_logits_and_sweep_on_real_model(real):
         torch.testing.assert_close(torch.tensor(got.gold_logprob.values, dtype=torch.float64),
                                    torch.tensor(ref.gold_logprob.values, dtype=torch.float64),
                                    atol=1e-3, rtol=1e-4)
+
+
+def test_importance_scores_match_the_definition_on_the_real_model(real):
+    model, tok = real
+    case = cu.arithmetic_dataset(ops="+", digits=(1,), templates=[4], words=False, n=1, tokenizer=tok)[0]
+    tr = cu.trace(model, tok, [case], layers=[20, 28], keep=("resid_mid", "coef"))
+    w = case.answer_ids[0]
+    imp = cu.importance_scores(model, tr, [w])
+    for li, l in enumerate(tr.layers):
+        r = tr.resid_mid[0, li]
+        base = torch.log_softmax(cu.frozen_logits(model, r, tr.norm_scale[0], tr.norm_mean[0]), -1)[w]
+        for k in (0, 77, 1535):
+            with torch.no_grad():
+                h = r + tr.coef[0, li, k] * cu.ffn_values(model, l)[:, k]
+                ref = torch.log_softmax(cu.frozen_logits(model, h, tr.norm_scale[0], tr.norm_mean[0]), -1)[w] - base
+            assert float(imp[0, li, k]) == pytest.approx(float(ref), abs=1e-4)
+
+
+def test_concepts_and_projection_on_the_real_tokenizer(real):
+    model, tok = real
+    mask = cu.concept_mask(tok, vocab_size=cu.unembed(model).weight.shape[0])
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]
+    for word in ("8", " eight", " VIII", " plus"):
+        assert len(ids(word)) == 1 and mask[ids(word)[0]], word
+    for word in (" the", "-", " house"):
+        assert not mask[ids(word)[0]], word
+    eight = ids("8")[0]
+    v = cu.unembed(model).weight[eight].detach() / cu.final_norm(model).weight.detach()
+    assert cu.vocab_projection(model, tok, v, k=1) == ["8"]
+
+
+def test_multi_token_target_is_refused(real):
+    _, tok = real
+    assert cu.single_token(tok, "8") == tok("8", add_special_tokens=False)["input_ids"][0]
+    with pytest.raises(ValueError, match="not one"):
+        cu.single_token(tok, "12")

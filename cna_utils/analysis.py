@@ -1,0 +1,277 @@
+"""The steps chapters 2-4 share: the 1-digit cases, the head to compare against, the showcase case,
+and the CNA of every case (computed once, cached on disk, reused by later chapters).
+
+Usage::
+
+    cases, acc = one_digit_cases(model, tok)                  # 1D+ and 1D-, and the model's accuracy
+    ok = [c for c, r in zip(cases, acc.first_correct) if r]   # the cases the model answers
+    head, why = chapter1_head(results_dir)                    # chapter 1's top addition head
+    case, why = showcase_case(model, tok, ok)                 # "3 + 5 =" -> "8", or the nearest it gets right
+    res = cna_cases(model, tok, ok, head, cache_dir=...)      # imp/coef of both models, every neuron
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from .circuits import lowest_neuron
+from .data import arithmetic_dataset
+from .evaluate import accuracy
+from .heads import ablate_heads, head_name, head_sweep, parse_heads
+from .models import model_label, spec
+from .neurons import cna, coef_decrease, importance_scores, neuron_effects, run_masked, top_neurons
+from .tracing import trace
+
+__all__ = ["one_digit_cases", "chapter1_head", "top_head_by_sweep", "showcase_case", "CNAResult", "cna_cases",
+           "depth_map", "mask_keep", "importance_vs_effect", "lowest_neuron_effect", "Study", "prepare_study",
+           "operand_positions"]
+
+PAPER_LAYERS = 32          # Llama-7B
+PAPER_DEEP_START = 17      # "17th-31th layers" (deep FFN layers, Table 5)
+PAPER_SHALLOW_FFN_END = 16    # FFN layers 0-15 (Table 8)
+PAPER_SHALLOW_ATTN_END = 17   # attention layers 0-16 (Table 8)
+
+
+def depth_map(n_layers: int) -> dict:
+    """The paper's Llama-7B layer ranges scaled to a model with ``n_layers`` layers (same fraction of
+    depth): ``deep`` (Table 5's 17-31), ``shallow_ffn`` (Table 8's FFN 0-15) and ``shallow_attn``
+    (attention 0-16), each a list of layer numbers."""
+    def at(x):
+        return int(round(x * n_layers / PAPER_LAYERS))
+    return dict(deep=list(range(at(PAPER_DEEP_START), n_layers)),
+                shallow_ffn=list(range(at(PAPER_SHALLOW_FFN_END))),
+                shallow_attn=list(range(at(PAPER_SHALLOW_ATTN_END))))
+
+
+def one_digit_cases(model, tokenizer, ops: str = "+-", template: int = 4):
+    """Every 1-digit case of ``ops`` written as ``"a op b ="`` (template 4, numerals) and the model's
+    per-case accuracy frame."""
+    cases = arithmetic_dataset(ops=ops, digits=(1,), templates=[template], words=False, tokenizer=tokenizer)
+    return cases, accuracy(model, tokenizer, cases)
+
+
+def chapter1_head(results_dir, op: str = "+") -> tuple[str | None, str]:
+    """Chapter 1's top head for ``op`` (Table 2), read from its results file, with a sentence that
+    says where it came from; ``(None, reason)`` when chapter 1 has not been run."""
+    path = Path(results_dir) / "01_arithmetic_heads.json"
+    if not path.exists():
+        return None, f"no chapter-1 results at {path}"
+    r = json.loads(path.read_text())
+    head = r["table_2"]["top_heads"][op]
+    return head, f"chapter 1 ({r['profile']} profile) found {head} to be the top head for 2-digit {op}"
+
+
+def top_head_by_sweep(model, tokenizer, cases, batch_size: int = 64) -> str:
+    """The head whose zero ablation lowers log p(answer) most over ``cases`` (every head swept)."""
+    sw = head_sweep(model, tokenizer, cases, by="op", batch_size=batch_size, progress=False)
+    sw = sw[sw.op == "all"]
+    return sw.loc[(sw.base_gold_logprob - sw.gold_logprob).idxmax(), "head"]
+
+
+def showcase_case(model, tokenizer, correct, a: int = 3, b: int = 5, op: str = "+"):
+    """The paper's case "3+5=" if the model answers it, else the 1D case of ``op`` it answers that is
+    nearest in operands (|a'-a| + |b'-b|, ties: the higher log p of the answer), preferring cases
+    whose whole answer is one token (as "8" is). Returns the case and a sentence saying which and why."""
+    pool = [c for c in correct if c.op == op]
+    if not pool:
+        raise ValueError(f"the model answers no 1-digit {op} case correctly: there is no case to analyse")
+    one_token = [c for c in pool if len(c.answer_ids) == 1]      # like "8": the answer is the predicted token
+    pool = one_token or pool
+    exact = [c for c in pool if (c.a, c.b) == (a, b)]
+    if exact:
+        return exact[0], f'the model answers "{exact[0].prompt}" -> "{exact[0].answer}" correctly, as in the paper'
+    tr = trace(model, tokenizer, pool, keep=())
+    lp = torch.log_softmax(tr.logits, -1)
+    conf = [float(lp[i, c.answer_ids[0]]) for i, c in enumerate(pool)]
+    best = min(range(len(pool)), key=lambda i: (abs(pool[i].a - a) + abs(pool[i].b - b), -conf[i]))
+    c = pool[best]
+    return c, (f'the model does not answer "{a} {op} {b} =" correctly, so we take the nearest case it does '
+               f'answer{" with a one-token answer" if one_token else ""}: "{c.prompt}" -> "{c.answer}" '
+               f'(p = {torch.tensor(conf[best]).exp():.2f})')
+
+
+@dataclass
+class CNAResult:
+    """Importance and coefficient scores of every neuron at the last position, for the original
+    model ("ori") and the model with ``head`` zeroed ("inv"): tensors [cases, layers, neurons]."""
+    head: str
+    layers: list
+    targets: list
+    imp_ori: torch.Tensor
+    imp_inv: torch.Tensor
+    coef_ori: torch.Tensor
+    coef_inv: torch.Tensor
+    seconds: float
+
+    @property
+    def score(self) -> torch.Tensor:
+        return cna(self.imp_ori, self.imp_inv)
+
+    def top(self, k: int, case: int | None = None):
+        """Top-k CNA neurons per case with all four scores (one case with ``case=i``)."""
+        cols = dict(imp_ori=self.imp_ori, imp_inv=self.imp_inv, coef_ori=self.coef_ori, coef_inv=self.coef_inv)
+        if case is not None:
+            t = top_neurons(self.score[case], k, layers=self.layers, **{n: v[case] for n, v in cols.items()})
+            t["case"] = case
+            return t
+        return top_neurons(self.score, k, layers=self.layers, **cols)
+
+
+def _key(model, cases, head) -> str:
+    text = json.dumps([model_label(model), head, [list(c.prompt_ids) + [c.answer_ids[0]] for c in cases]])
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def cna_cases(model, tokenizer, cases, head, cache_dir=None, progress: bool = False) -> CNAResult:
+    """CNA between the model and the model with ``head`` zeroed, for every case's first answer token
+    (the final norm of both frozen at the original model's statistics, as the authors do). With
+    ``cache_dir`` the result is saved and a later call with the same model, head and cases loads it."""
+    (hl, hh), = parse_heads(model, [head])
+    name = head_name(hl, hh)
+    path = Path(cache_dir) / f"cna-{_key(model, cases, name)}.pt" if cache_dir else None
+    if path is not None and path.exists():
+        return CNAResult(**torch.load(path))
+    t0 = time.time()
+    keep = ("resid_mid", "coef")
+    tr_ori = trace(model, tokenizer, cases, keep=keep)
+    with ablate_heads(model, [(hl, hh)]):
+        tr_inv = trace(model, tokenizer, cases, keep=keep)
+    targets = [c.answer_ids[0] for c in cases]
+    # Below the head's layer both models have the same residual stream and coefficients at every
+    # position, and both are scored with the original's final-norm statistics: their importance
+    # scores are identical there (tested), so the intervened model is scored from layer hl on.
+    imp_ori = importance_scores(model, tr_ori, targets, progress=progress)
+    imp_inv = imp_ori.clone()
+    imp_inv[:, hl:] = importance_scores(model, [tr_ori, tr_inv], targets, layers=range(hl, spec(model).n_layers),
+                                        shared_norm=True, progress=progress)[1]
+    res = CNAResult(name, list(tr_ori.layers), targets, imp_ori, imp_inv, tr_ori.coef, tr_inv.coef,
+                    time.time() - t0)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(res.__dict__, path)
+    return res
+
+def mask_keep(model, tokenizer, cases, res: CNAResult, ks=(99, 50, 30, 20, 10), deep_layers=None,
+              progress: bool = False) -> pd.DataFrame:
+    """Paper Table 5, per case and k: is the answer still the argmax when the case's top-k CNA
+    neurons are zeroed ("mask"), when every OTHER neuron of ``deep_layers`` is zeroed ("keep"), and
+    how much lower are the top-k neurons' coefficient scores in the intervened model ("coef", %)?
+    One forward per case and mode (the k values are rows of one batch)."""
+    if not ks:
+        raise ValueError("ks is empty: give the top-k sizes to test, e.g. (99, 50, 30, 20, 10)")
+    deep = list(deep_layers) if deep_layers is not None else depth_map(spec(model).n_layers)["deep"]
+    kmax = max(ks)
+    rows = []
+    for i, c in enumerate(tqdm(cases, desc="mask / keep", disable=not progress, leave=False)):
+        top = res.top(kmax, case=i)
+        sets = [list(zip(top.layer[:k], top.neuron[:k])) for k in ks]
+        masked = run_masked(model, tokenizer, c.prompt_ids, res.targets[i], sets, mode="zero")
+        kept = run_masked(model, tokenizer, c.prompt_ids, res.targets[i],
+                          [[n for n in s if n[0] in deep] for s in sets], mode="keep", layers=deep)
+        for j, k in enumerate(ks):
+            t = top.iloc[:k]
+            rows.append(dict(case=i, prompt=c.prompt, k=k, mask_correct=bool(masked["correct"][j]),
+                             keep_correct=bool(kept["correct"][j]),
+                             coef=coef_decrease(torch.tensor(t.coef_ori.values), torch.tensor(t.coef_inv.values))))
+    return pd.DataFrame(rows)
+
+
+def importance_vs_effect(model, tokenizer, cases, res: CNAResult, n_cases: int, top: int) -> pd.DataFrame:
+    """For the first ``n_cases`` cases: the ``top`` neurons by importance score in the original model,
+    each with its static importance score and the causal effect of zeroing it alone (drop in
+    log p(answer), one batched forward per case)."""
+    frames = []
+    for i, c in enumerate(cases[:n_cases]):
+        t = top_neurons(res.imp_ori[i], top, layers=res.layers)
+        eff = neuron_effects(model, tokenizer, c.prompt_ids, res.targets[i], list(zip(t.layer, t.neuron)))
+        frames.append(t.assign(case=i, prompt=c.prompt, effect=eff.logprob_drop.values))
+    return pd.concat(frames, ignore_index=True)
+
+
+def lowest_neuron_effect(model, tokenizer, cases, res: CNAResult, ks=(99, 50, 30, 20, 10),
+                         progress: bool = False) -> pd.DataFrame:
+    """Paper Table 6, per case and k: zero the lowest neuron among the case's top-k CNA neurons (the
+    paper's tie rule: the largest importance score in the lowest layer) in the original model and
+    measure the coefficient decrease (%) of the other top-k neurons."""
+    if not ks:
+        raise ValueError("ks is empty")
+    kmax = max(ks)
+    rows = []
+    for i, c in enumerate(tqdm(cases, desc="lowest neuron", disable=not progress, leave=False)):
+        top = res.top(kmax, case=i)
+        lows = [lowest_neuron(top.iloc[:k]) for k in ks]
+        layers_needed = sorted(set(top.layer))
+        out = run_masked(model, tokenizer, c.prompt_ids, res.targets[i],
+                         [[(int(lo.layer), int(lo.neuron))] for lo in lows], coef_layers=layers_needed)
+        for j, (k, lo) in enumerate(zip(ks, lows)):
+            t = top.iloc[:k]
+            t = t[t.name != lo["name"]]
+            li = [layers_needed.index(l) for l in t.layer]
+            after = out["coef"][j][li, list(t.neuron)]
+            rows.append(dict(case=i, prompt=c.prompt, k=k, lowest=lo["name"], lowest_layer=int(lo.layer),
+                             coef=coef_decrease(torch.tensor(t.coef_ori.values), after),
+                             still_correct=bool(out["correct"][j])))
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class Study:
+    """Everything chapters 2-4 start from (see ``prepare_study``)."""
+    cases: list            # every 1D+ / 1D- case
+    accuracy: pd.DataFrame
+    correct: list          # the cases analysed: answered correctly (the showcase case first)
+    head: str
+    head_note: str
+    case: object           # the showcase case
+    case_note: str
+    res: CNAResult
+
+    @property
+    def n_correct_all(self) -> int:
+        return int(self.accuracy.first_correct.sum())
+
+
+def prepare_study(model, tokenizer, head=None, results_dir="results", max_cases=None, cache_dir=None,
+                  seed: int = 0, progress: bool = True) -> Study:
+    """The 1D+/1D- cases, the model's accuracy, the cases it answers (at most ``max_cases``, the
+    showcase case always included), the head to compare against (``head``, else chapter 1's top
+    addition head, else the top head of a sweep over these cases) and the CNA of every analysed case
+    (cached in ``cache_dir``)."""
+    cases, acc = one_digit_cases(model, tokenizer)
+    ok = [c for c, r in zip(cases, acc.first_correct) if r]
+    case, case_note = showcase_case(model, tokenizer, ok)
+    rest = [c for c in ok if c is not case]
+    if max_cases is not None and len(rest) > max_cases - 1:
+        g = torch.Generator().manual_seed(seed)
+        keep = sorted(torch.randperm(len(rest), generator=g)[:max(0, max_cases - 1)].tolist())
+        rest = [rest[i] for i in keep]
+    correct = [case] + rest
+    if head is not None:
+        (hl, hh), = parse_heads(model, [head])
+        head, head_note = head_name(hl, hh), f"the head was given: {head_name(hl, hh)}"
+    else:
+        head, head_note = chapter1_head(results_dir)
+        if head is None:
+            head = top_head_by_sweep(model, tokenizer, correct)
+            head_note += f"; a sweep of every head over the analysed cases picked {head}"
+    res = cna_cases(model, tokenizer, correct, head, cache_dir=cache_dir, progress=progress)
+    return Study(cases, acc, correct, head, head_note, case, case_note, res)
+
+
+def operand_positions(tokenizer, case) -> list[int]:
+    """Token positions of the two operands in ``case.prompt_ids`` (one-token operands): the first
+    token that reads as ``a`` and the last that reads as ``b``."""
+    texts = [tokenizer.decode([t]).strip() for t in case.prompt_ids]
+    try:
+        pa = texts.index(str(case.a))
+        pb = len(texts) - 1 - texts[::-1].index(str(case.b))
+    except ValueError:
+        raise ValueError(f"the operands of {case.prompt!r} are not single tokens: {texts}") from None
+    return [pa, pb]
