@@ -50,9 +50,19 @@ def vocab_projection(model, tokenizer, vectors, k: int = 10, bottom: bool = Fals
 
 
 def load_lexicon() -> dict[str, list[str]]:
-    """The concept lexicon shipped with the package (``lexicon.yaml``): category -> words."""
+    """The concept lexicon shipped with the package (``lexicon.yaml``): category -> words. Number
+    words are written by num2words in the languages the file lists."""
+    from num2words import num2words
+
     text = resources.files("cna_utils").joinpath("lexicon.yaml").read_text(encoding="utf-8")
-    return {k: [str(w) for w in v] for k, v in yaml.safe_load(text).items()}
+    data = yaml.safe_load(text)
+    spec_ = data.pop("number_words")
+    out = {k: [str(w) for w in v] for k, v in data.items()}
+    exclude = set(spec_.get("exclude", []))
+    for lang in spec_["languages"]:
+        words = {num2words(v, lang=lang) for v in spec_["values"]}
+        out[f"number_words_{lang}"] = sorted(w for w in words if w not in exclude and " " not in w)
+    return out
 
 
 def _normal(text: str, keep_case: bool) -> str:

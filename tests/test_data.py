@@ -74,3 +74,12 @@ def test_multiplication_labels_by_token():
          if (x.a, x.b) == (12, 34)]
     aligned = cu.align(c, ThreeDigitTokens())[0]
     assert aligned.answer_ids == (408,) and aligned.kinds == ("memorize",)
+
+
+def test_lexicon_has_number_words_in_five_languages():
+    lex = cu.load_lexicon()
+    words = {w for ws in lex.values() for w in ws}
+    for w in ("8", "eight", "huit", "acht", "otto", "ocho", "VIII", "plus", "fifth", "hundred"):
+        assert w in words, w
+    for w in ("un", "tre", "-", "="):                   # subword pieces and punctuation are left out
+        assert w not in words, w
