@@ -161,20 +161,26 @@ def cna_cases(model, tokenizer, cases, head, cache_dir=None, progress: bool = Fa
 def mask_keep(model, tokenizer, cases, res: CNAResult, ks=(99, 50, 30, 20, 10), deep_layers=None,
               progress: bool = False) -> pd.DataFrame:
     """Paper Table 5, per case and k: is the answer still the argmax when the case's top-k CNA
-    neurons are zeroed ("mask"), when every OTHER neuron of ``deep_layers`` is zeroed ("keep"), and
-    how much lower are the top-k neurons' coefficient scores in the intervened model ("coef", %)?
-    One forward per case and mode (the k values are rows of one batch)."""
+    neurons are zeroed ("mask"), when every deep neuron but the case's k top CNA neurons among the
+    ``deep_layers`` is zeroed ("keep"), and how much lower are the top-k neurons' coefficient scores
+    in the intervened model ("coef", %)? Neurons the head cannot reach score exactly 0, so past them
+    the order within a top-k is arbitrary. One forward per case and mode (the k values are rows of
+    one batch)."""
     if not ks:
         raise ValueError("ks is empty: give the top-k sizes to test, e.g. (99, 50, 30, 20, 10)")
     deep = list(deep_layers) if deep_layers is not None else depth_map(spec(model).n_layers)["deep"]
+    outside = torch.tensor([l not in set(deep) for l in res.layers])
     kmax = max(ks)
     rows = []
     for i, c in enumerate(tqdm(cases, desc="mask / keep", disable=not progress, leave=False)):
         top = res.top(kmax, case=i)
         sets = [list(zip(top.layer[:k], top.neuron[:k])) for k in ks]
         masked = run_masked(model, tokenizer, c.prompt_ids, res.targets[i], sets, mode="zero")
+        in_deep = res.score[i].clone()
+        in_deep[outside] = float("-inf")              # the top-k among the deep neurons, which "keep" spares
+        top_deep = top_neurons(in_deep, min(kmax, int((~outside).sum()) * in_deep.shape[-1]), layers=res.layers)
         kept = run_masked(model, tokenizer, c.prompt_ids, res.targets[i],
-                          [[n for n in s if n[0] in deep] for s in sets], mode="keep", layers=deep)
+                          [list(zip(top_deep.layer[:k], top_deep.neuron[:k])) for k in ks], mode="keep", layers=deep)
         for j, k in enumerate(ks):
             t = top.iloc[:k]
             rows.append(dict(case=i, prompt=c.prompt, k=k, mask_correct=bool(masked["correct"][j]),

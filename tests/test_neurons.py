@@ -283,3 +283,16 @@ def test_transfer_scores_follow_the_stated_path():
         moved = cu.ov_transform(model, 1, vec, scale=cu.tracing.norm_stats(model, tr.resid_in[0, p, 1])[0])
         read = cu.ov_transform(model, 2, moved, heads=[1], scale=s_head)
         assert r.score == pytest.approx(float(key @ read), rel=1e-3, abs=1e-6)
+
+
+def test_mask_keep_keeps_everything_at_full_k():
+    """keep with k = every deep neuron zeroes nothing; mask with k = 0 neurons is not allowed."""
+    from cna_utils.analysis import cna_cases, mask_keep
+    model = make_model("llama-mha")
+    cases = random_cases(model, n=2)                       # gold = the model's own argmax: all correct
+    s = cu.spec(model)
+    res = cna_cases(model, TOK, cases, "1_0")
+    mk = mask_keep(model, TOK, cases, res, ks=(2 * s.d_mlp, 3), deep_layers=[1, 2])
+    assert mk[mk.k == 2 * s.d_mlp].keep_correct.all()
+    with pytest.raises(ValueError, match="empty"):
+        mask_keep(model, TOK, cases, res, ks=())

@@ -1,0 +1,126 @@
+"""Benchmark: sweeping every attention head of the default model, one head at a time.
+
+Contenders, same cases, same numbers out (first-token correctness identical, log p(answer) to
+1e-4 nats):
+* ``batched``: ``cu.head_sweep`` -- one baseline forward caches the residual stream; for each
+  layer the batch is replicated once per head (a per-row head mask) and the forward starts AT that
+  layer; the LM head runs at the last position only.
+* ``hooked``: one full forward per head with a pre-hook that zeroes the head (what a loop with
+  TransformerLens or nnsight hooks does), logits at every position.
+* ``copy``: the authors' notebook -- deep-copy the model, zero the head's o_proj columns, run a full
+  forward (one prompt only: at 100 cases it would take most of an hour).
+
+Sizes: ONE prompt (the authors sweep all heads for "3+5=") and ``--cases`` two-digit cases.
+Scaling: the batched sweep's cost against the number of cases and of swept layers.
+
+    python bench/head_sweep.py --cases 100        # writes bench/results/head_sweep.json
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import cna_utils as cu
+from cna_utils.forward import encode, model_device, score
+
+
+def clock(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def batched(model, tok, cases, heads):
+    df = cu.head_sweep(model, tok, cases, heads=heads, batch_size=len(cases), rows_per_forward=512,
+                       progress=False, per_case=True)
+    return {(int(l), int(h)): (torch.tensor(g.first_correct.values), torch.tensor(g.gold_logprob.values, dtype=torch.float32))
+            for (l, h), g in df.sort_values("case").groupby(["layer", "head"])}
+
+
+@torch.no_grad()
+def _full_forward(model, batch):
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                   use_cache=False).logits                    # every position, as a plain forward returns
+    sc = score(logits[:, -1:], batch.targets[:, :1])
+    return sc["first_correct"], sc["gold_logprob"]
+
+
+def hooked(model, tok, cases, heads):
+    batch = encode(tok, [c.prompt_ids for c in cases], model_device(model))
+    batch.targets = torch.tensor([[c.answer_ids[0]] for c in cases])
+    out = {}
+    for h in heads:
+        with cu.ablate_heads(model, [h]):
+            out[h] = _full_forward(model, batch)
+    return out
+
+
+def model_copy(model, tok, cases, heads):
+    batch = encode(tok, [c.prompt_ids for c in cases], model_device(model))
+    batch.targets = torch.tensor([[c.answer_ids[0]] for c in cases])
+    s = cu.spec(model)
+    out = {}
+    for l, h in heads:
+        m = copy.deepcopy(model)
+        with torch.no_grad():
+            cu.weight_out_in(cu.o_proj(m, l))[:, h * s.head_dim:(h + 1) * s.head_dim] = 0
+        out[(l, h)] = _full_forward(m, batch)
+        del m
+    return out
+
+
+def same(a, b, name):
+    for h in a:
+        if not torch.equal(a[h][0], b[h][0]) or (a[h][1] - b[h][1]).abs().max() > 1e-4:
+            raise SystemExit(f"{name}: head {h} gives different numbers")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cases", type=int, default=100)
+    ap.add_argument("--out", default="bench/results/head_sweep.json")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model, tok = cu.load_model()
+    s = cu.spec(model)
+    heads = [(l, h) for l in range(s.n_layers) for h in range(s.n_heads)]
+    one = cu.arithmetic_dataset(ops="+", digits=(1,), templates=[4], words=False, tokenizer=tok)
+    one = [c for c in one if (c.a, c.b) == (3, 5)]
+    per_op = -(-args.cases // 4)
+    many = cu.arithmetic_dataset(digits=(2,), templates=[4], words=False, n=per_op, tokenizer=tok)[:args.cases]
+    res = dict(model=cu.models.model_label(model), heads=len(heads), threads=torch.get_num_threads(), sizes={})
+
+    for name, cases, contenders in (("one prompt", one, ("batched", "hooked", "copy")),
+                                    (f"{len(many)} cases", many, ("batched", "hooked"))):
+        fns = dict(batched=batched, hooked=hooked, copy=model_copy)
+        outs, secs = {}, {}
+        for c in contenders:
+            outs[c], secs[c] = clock(lambda: fns[c](model, tok, cases, heads))
+            print(f"{name}: {c} {secs[c]:.1f} s", flush=True)
+        for c in contenders[1:]:
+            same(outs["batched"], outs[c], f"{name}, {c}")
+        res["sizes"][name] = dict(cases=len(cases), seconds=secs,
+                                  speedup={f"{c}/batched": secs[c] / secs["batched"] for c in contenders[1:]})
+
+    scaling = []
+    for n in (10, 30, 100):
+        if n <= len(many):
+            _, t = clock(lambda: batched(model, tok, many[:n], heads))
+            scaling.append(dict(cases=n, layers=s.n_layers, seconds=t))
+    for k in (5, 10, 20):
+        lay = cu.spread_layers(s.n_layers, k)
+        _, t = clock(lambda: batched(model, tok, many, [(l, h) for l in lay for h in range(s.n_heads)]))
+        scaling.append(dict(cases=len(many), layers=k, layer_list=lay, seconds=t))
+    res["scaling"] = scaling
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
