@@ -1,5 +1,6 @@
 # make book   - set up .venv, execute every notebook on the default model, build the HTML book
 # make test   - set up .venv, run the library tests, the smoke notebooks and a smoke book build
+# make bench  - speed benchmarks (bench/*.py), results as JSON under bench/results/ (not part of make test)
 # Variables: PROFILE=smoke|book|paper (default book), MODEL=smollm2-135m or a local path / HF id.
 PYTHON ?= python3
 VENV   := .venv
@@ -8,7 +9,7 @@ PROFILE ?= book
 MODEL  ?= smollm2-135m
 STAMP  := $(VENV)/.installed
 
-.PHONY: book test setup clean
+.PHONY: book test bench setup clean
 
 setup: $(STAMP)
 
@@ -27,6 +28,10 @@ book: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests -q
+
+bench: $(STAMP)
+	$(PY) bench/importance.py --cases 100
+	$(PY) bench/head_sweep.py --cases 100
 
 clean:
 	rm -rf _build book/chapters book/results

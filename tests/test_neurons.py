@@ -225,7 +225,7 @@ def test_pe_dag_edges_are_value_key_products():
         v = cu.ffn_values(model, 0)[:, 3]
         keys = cu.ffn_keys(model, 2)
     assert row.ip_up == pytest.approx(float(keys["up"][7].detach() @ v.detach()), rel=1e-5)
-    assert row.ip_gate == pytest.approx(float(keys["gate"][7] @ v), rel=1e-5)
+    assert row.ip_gate == pytest.approx(float(keys["gate"][7].detach() @ v.detach()), rel=1e-5)
     assert row.subvalue_ip_sum == pytest.approx(2.0 * row.ip_sum, rel=1e-5)
     assert 0 <= row.percentile <= 100
     r = torch.randn(cu.spec(model).d_model)
