@@ -17,13 +17,11 @@ Scaling: the batched sweep's cost against the number of cases and of swept layer
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import time
-from pathlib import Path
 
 import torch
+from _common import start, two_digit_cases, write
 
 import cna_utils as cu
 from cna_utils.forward import encode, model_device, score
@@ -81,18 +79,11 @@ def same(a, b, name):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cases", type=int, default=100)
-    ap.add_argument("--out", default="bench/results/head_sweep.json")
-    args = ap.parse_args()
-    torch.manual_seed(0)
-    model, tok = cu.load_model()
-    s = cu.spec(model)
+    args, model, tok, s = start(__doc__, "bench/results/head_sweep.json")
     heads = [(l, h) for l in range(s.n_layers) for h in range(s.n_heads)]
     one = cu.arithmetic_dataset(ops="+", digits=(1,), templates=[4], words=False, tokenizer=tok)
     one = [c for c in one if (c.a, c.b) == (3, 5)]
-    per_op = -(-args.cases // 4)
-    many = cu.arithmetic_dataset(digits=(2,), templates=[4], words=False, n=per_op, tokenizer=tok)[:args.cases]
+    many = two_digit_cases(tok, args.cases)
     res = dict(model=cu.models.model_label(model), heads=len(heads), threads=torch.get_num_threads(), sizes={})
 
     for name, cases, contenders in (("one prompt", one, ("batched", "hooked", "copy")),
@@ -117,9 +108,7 @@ def main():
         _, t = clock(lambda: batched(model, tok, many, [(l, h) for l in lay for h in range(s.n_heads)]))
         scaling.append(dict(cases=len(many), layers=k, layer_list=lay, seconds=t))
     res["scaling"] = scaling
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
-    print(json.dumps(res, indent=2))
+    write(res, args.out)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,10 @@ peak of this machine.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
+from _common import start, two_digit_cases, write
 
 import cna_utils as cu
 
@@ -64,16 +62,9 @@ def per_case(model, tr, targets, layers) -> torch.Tensor:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cases", type=int, default=100)
-    ap.add_argument("--straight-layers", type=int, default=3)
-    ap.add_argument("--out", default="bench/results/importance.json")
-    args = ap.parse_args()
-    torch.manual_seed(0)
-    model, tok = cu.load_model()
-    s = cu.spec(model)
-    per_op = -(-args.cases // 4)
-    cases = cu.arithmetic_dataset(digits=(2,), templates=[4], words=False, n=per_op, tokenizer=tok)[:args.cases]
+    args, model, tok, s = start(__doc__, "bench/results/importance.json",
+                                **{"--straight-layers": dict(type=int, default=3)})
+    cases = two_digit_cases(tok, args.cases)
     targets = [c.answer_ids[0] for c in cases]
     tr = cu.trace(model, tok, cases, keep=("resid_mid", "coef"))
     sub_layers = cu.spread_layers(s.n_layers, args.straight_layers)
@@ -110,9 +101,7 @@ def main():
         achieved_gflops=dict(batched=fast_flops / t_fast_all / 1e9,
                              per_case=slow_flops_per * len(cases) * len(sub_layers) / t_slow_sub / 1e9),
     )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
-    print(json.dumps(res, indent=2))
+    write(res, args.out)
 
 
 if __name__ == "__main__":

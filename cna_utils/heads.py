@@ -34,7 +34,7 @@ from tqdm import tqdm
 from .data import align
 from .evaluate import summarize
 from .forward import answer_logits, encode, length_batches, model_device, score
-from .models import layers, model_label, o_proj, spec, weight_out_in
+from .models import layers, model_label, o_proj, parse_pair, spec, weight_out_in
 
 __all__ = ["ablate_heads", "head_means", "zeroed_in_weights", "head_sweep", "parse_heads", "head_name"]
 
@@ -51,13 +51,7 @@ def parse_heads(model, heads) -> list[tuple[int, int]]:
         heads = [heads]                                   # one head: "17_22" or (17, 22)
     out = []
     for h in heads:
-        if isinstance(h, str):
-            try:
-                l, k = (int(x) for x in h.split("_"))
-            except ValueError:
-                raise ValueError(f"head {h!r} is not of the form 'layer_head', e.g. '17_22'") from None
-        else:
-            l, k = (int(x) for x in h)
+        l, k = parse_pair(h, "head", "layer_head", "17_22")
         if not (0 <= l < s.n_layers and 0 <= k < s.n_heads):
             raise IndexError(f"head ({l}, {k}) is out of range: this model has layers 0..{s.n_layers - 1} "
                              f"and heads 0..{s.n_heads - 1} per layer")

@@ -150,28 +150,32 @@ def _in_layer(model, l: int, attr: str) -> nn.Module:
     return _get(layers(model)[l], getattr(_family(model), attr))
 
 
-def attention(model, l: int) -> nn.Module:
-    return _in_layer(model, l, "attn")
+def _accessor(attr: str, name: str, doc: str):
+    def get(model, l: int) -> nn.Module:
+        return _in_layer(model, l, attr)
+    get.__name__ = get.__qualname__ = name
+    get.__doc__ = doc
+    return get
 
 
-def o_proj(model, l: int) -> nn.Module:
-    return _in_layer(model, l, "o_proj")
+attention = _accessor("attn", "attention", "Layer l's attention module; its output is A^l.")
+o_proj = _accessor("o_proj", "o_proj", "Layer l's output projection; its INPUT holds the heads' outputs.")
+mlp = _accessor("mlp", "mlp", "Layer l's FFN; its output is F^l.")
+down_proj = _accessor("down", "down_proj", "Layer l's FFN output projection; its INPUT is the coefficient scores.")
+pre_ffn_norm = _accessor("ln_mlp", "pre_ffn_norm", "The norm whose output layer l's FFN reads.")
+pre_attn_norm = _accessor("ln_attn", "pre_attn_norm", "The norm whose output layer l's attention reads.")
 
 
-def mlp(model, l: int) -> nn.Module:
-    return _in_layer(model, l, "mlp")
-
-
-def down_proj(model, l: int) -> nn.Module:
-    return _in_layer(model, l, "down")
-
-
-def pre_ffn_norm(model, l: int) -> nn.Module:
-    return _in_layer(model, l, "ln_mlp")
-
-
-def pre_attn_norm(model, l: int) -> nn.Module:
-    return _in_layer(model, l, "ln_attn")
+def parse_pair(item, what: str, form: str, example: str) -> tuple[int, int]:
+    """``"17_22"`` or ``(17, 22)`` -> (17, 22); ``what``, ``form``, ``example`` word the error."""
+    if isinstance(item, str):
+        try:
+            a, b = (int(x) for x in item.split("_"))
+        except ValueError:
+            raise ValueError(f"{what} {item!r} is not of the form {form!r}, e.g. {example!r}") from None
+        return a, b
+    a, b = (int(x) for x in item)
+    return a, b
 
 
 def ov_weights(model, l: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from .forward import encode, model_device
-from .models import down_proj, ffn_values, final_norm, spec, unembed
+from .models import down_proj, ffn_values, final_norm, parse_pair, spec, unembed
 from .tracing import Trace, frozen_logits
 
 __all__ = ["importance_scores", "projection", "cna", "top_neurons", "parse_neurons", "neuron_name",
@@ -46,13 +46,7 @@ def parse_neurons(model, neurons) -> list[tuple[int, int]]:
     s = spec(model)
     out = []
     for n in neurons:
-        if isinstance(n, str):
-            try:
-                l, k = (int(x) for x in n.split("_"))
-            except ValueError:
-                raise ValueError(f"neuron {n!r} is not of the form 'layer_index', e.g. '28_3696'") from None
-        else:
-            l, k = (int(x) for x in n)
+        l, k = parse_pair(n, "neuron", "layer_index", "28_3696")
         if not 0 <= l < s.n_layers:
             raise IndexError(f"neuron {neuron_name(l, k)}: layer {l} is out of range 0..{s.n_layers - 1}")
         if not 0 <= k < s.d_mlp:

@@ -221,11 +221,10 @@ def test_pe_dag_edges_are_value_key_products():
     edges = cu.pe_dag_edges(model, ["0_3", "2_7", "1_1"], coefs={"0_3": 2.0, "2_7": 1.0, "1_1": -1.0})
     assert set(zip(edges.lower, edges.upper)) == {("0_3", "2_7"), ("0_3", "1_1"), ("1_1", "2_7")}
     row = edges[(edges.lower == "0_3") & (edges.upper == "2_7")].iloc[0]
-    with torch.no_grad():
-        v = cu.ffn_values(model, 0)[:, 3]
-        keys = cu.ffn_keys(model, 2)
-    assert row.ip_up == pytest.approx(float(keys["up"][7].detach() @ v.detach()), rel=1e-5)
-    assert row.ip_gate == pytest.approx(float(keys["gate"][7].detach() @ v.detach()), rel=1e-5)
+    v = cu.ffn_values(model, 0)[:, 3].detach()
+    keys = {k: w.detach() for k, w in cu.ffn_keys(model, 2).items()}
+    assert row.ip_up == pytest.approx(float(keys["up"][7] @ v), rel=1e-5)
+    assert row.ip_gate == pytest.approx(float(keys["gate"][7] @ v), rel=1e-5)
     assert row.subvalue_ip_sum == pytest.approx(2.0 * row.ip_sum, rel=1e-5)
     assert 0 <= row.percentile <= 100
     r = torch.randn(cu.spec(model).d_model)

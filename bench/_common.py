@@ -1,0 +1,35 @@
+"""What every benchmark script shares: its command line, the model, the cases, writing results."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+import cna_utils as cu
+
+
+def start(doc: str, out: str, **extra):
+    """Parse ``--cases``, ``--out`` and ``extra`` ({flag: argparse kwargs}), seed torch, load the
+    default model. Returns (args, model, tokenizer, spec)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--cases", type=int, default=100, help="number of two-digit cases")
+    ap.add_argument("--out", default=out, help="where to write the JSON results")
+    for flag, kw in extra.items():
+        ap.add_argument(flag, **kw)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model, tok = cu.load_model()
+    return args, model, tok, cu.spec(model)
+
+
+def two_digit_cases(tok, n: int):
+    """``n`` two-digit cases, "a op b =" with numerals, the four operations in turn."""
+    return cu.arithmetic_dataset(digits=(2,), templates=[4], words=False, n=-(-n // 4), tokenizer=tok)[:n]
+
+
+def write(res: dict, out: str) -> None:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
