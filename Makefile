@@ -1,5 +1,6 @@
 # make book   - set up .venv, execute every notebook on the default model, build the HTML book
 # make test   - set up .venv, run the library tests, the smoke notebooks and a smoke book build
+# make check-book - open the built book (_build/html) in headless Chromium, check every page, screenshot it
 # make bench  - speed benchmarks (bench/*.py), results as JSON under bench/results/ (not part of make test)
 # Variables: PROFILE=smoke|book|paper (default book), MODEL=smollm2-135m or a local path / HF id.
 PYTHON ?= python3
@@ -9,7 +10,7 @@ PROFILE ?= book
 MODEL  ?= smollm2-135m
 STAMP  := $(VENV)/.installed
 
-.PHONY: book test bench setup clean
+.PHONY: book test bench check-book setup clean
 
 setup: $(STAMP)
 
@@ -32,6 +33,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/importance.py --cases 100
 	$(PY) bench/head_sweep.py --cases 100
+
+check-book: $(STAMP)
+	$(PY) -m cna_utils.browser_check _build/html --screenshots _build/screenshots
 
 clean:
 	rm -rf _build book/chapters book/results

@@ -11,7 +11,8 @@ Contenders, same cases, same numbers out (first-token correctness identical, log
   forward (one prompt only: at 100 cases it would take most of an hour).
 
 Sizes: ONE prompt (the authors sweep all heads for "3+5=") and ``--cases`` two-digit cases.
-Scaling: the batched sweep's cost against the number of cases and of swept layers.
+Scaling: the batched sweep's cost against the number of cases (every head) and of swept layers
+(9 heads each, evenly spread, 30 cases).
 
     python bench/head_sweep.py --cases 100        # writes bench/results/head_sweep.json
 """
@@ -98,15 +99,18 @@ def main():
         res["sizes"][name] = dict(cases=len(cases), seconds=secs,
                                   speedup={f"{c}/batched": secs[c] / secs["batched"] for c in contenders[1:]})
 
-    scaling = []
-    for n in (10, 30, 100):
-        if n <= len(many):
+    scaling = [dict(cases=len(many), layers=s.n_layers, seconds=res["sizes"][f"{len(many)} cases"]["seconds"]["batched"])]
+    for n in (10, 30):
+        if n < len(many):
             _, t = clock(lambda: batched(model, tok, many[:n], heads))
             scaling.append(dict(cases=n, layers=s.n_layers, seconds=t))
+    few = many[:30]
     for k in (5, 10, 20):
         lay = cu.spread_layers(s.n_layers, k)
-        _, t = clock(lambda: batched(model, tok, many, [(l, h) for l in lay for h in range(s.n_heads)]))
-        scaling.append(dict(cases=len(many), layers=k, layer_list=lay, seconds=t))
+        _, t = clock(lambda: batched(model, tok, few, [(l, h) for l in lay for h in range(s.n_heads)]))
+        scaling.append(dict(cases=len(few), layers=k, layer_list=lay, seconds=t))
+    _, t = clock(lambda: batched(model, tok, few, heads))
+    scaling.append(dict(cases=len(few), layers=s.n_layers, seconds=t))
     res["scaling"] = scaling
     write(res, args.out)
 

@@ -53,6 +53,7 @@ from .neurons import (cna, coef_decrease, importance_scores, mask_neurons, neuro
                       parse_neurons, projection, run_masked, single_token, top_neurons)
 from .paper import PAPER_MODEL, paper_table
 from .profiles import PROFILES, get_profile, load_results, save_results, spread_layers
+from .scoreboard import claim, verdict_markdown
 from .tracing import Trace, frozen_logits, frozen_norm, trace
 from .vocab import concept_mask, count_concepts, load_lexicon, token_text, vocab_logits, vocab_projection
 

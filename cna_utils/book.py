@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["execute_notebooks", "build_html", "main"]
+__all__ = ["execute_notebooks", "write_pages", "build_html", "main"]
 
 
 def execute_notebooks(root: Path, profile: str, model: str, only: list[str] | None = None) -> list[Path]:
@@ -43,7 +43,20 @@ def execute_notebooks(root: Path, profile: str, model: str, only: list[str] | No
     return done
 
 
+def write_pages(root: Path) -> None:
+    """The generated pages: the replication scoreboard (from the chapters' results files) and the
+    performance page (from the benchmark results), under book/_generated/."""
+    from .perf_page import write_performance
+    from .scoreboard import write_scoreboard
+
+    out = root / "book" / "_generated"
+    out.mkdir(parents=True, exist_ok=True)
+    write_scoreboard(root / "book" / "results", out / "scoreboard.md")
+    write_performance(root / "bench" / "results", out)
+
+
 def build_html(root: Path) -> None:
+    write_pages(root)
     cmd = [sys.executable, "-m", "jupyter_book", "build", str(root), "-W", "-n", "--keep-going"]
     jb = Path(sys.executable).with_name("jupyter-book")
     if jb.exists():

@@ -175,14 +175,16 @@ def _fingerprint(model, cases, method, means) -> str:
 @torch.no_grad()
 def head_sweep(model, tokenizer, cases, heads=None, method: str = "zero", means: torch.Tensor | None = None,
                by=("op",), batch_size: int = 32, rows_per_forward: int = 512, cache_dir: str | os.PathLike | None = None,
-               progress: bool = True, per_case: bool = False, answer: str = "first") -> pd.DataFrame:
+               progress: bool = True, per_case: bool = False, answer: str = "first", min_rows: int = 64) -> pd.DataFrame:
     """Ablate every head (or ``heads``) one at a time and score ``cases`` each time.
 
     Batched: one baseline forward per batch of cases caches the residual stream x^{l-1}; for layer
     l, the batch is replicated once per head of that layer (each replica row has its own head
     mask in the o_proj pre-hook) and the forward STARTS at layer l from the cached residual; the LM
     head runs on the answer positions only. Up to ``rows_per_forward`` rows (cases x heads) go in
-    one forward. Results equal a loop of one hooked full forward per head (tests check it).
+    one forward; when one layer's heads x cases make fewer than ``min_rows`` rows (a single prompt),
+    consecutive layers share a forward that starts at the lowest of them. Results equal a loop of
+    one hooked full forward per head (tests check it).
 
     ``method="mean"`` uses ``means`` or, if None, the head means over ``cases`` themselves.
     ``cache_dir``: each finished layer is saved there; a rerun with the same model, cases and method
@@ -251,36 +253,56 @@ def head_sweep(model, tokenizer, cases, heads=None, method: str = "zero", means:
         resid.append(store)
         batches.append(batch)
 
+    # Small forwards cost mostly fixed overhead per layer call. When a layer's heads x cases are few
+    # rows, consecutive layers share one forward: it starts at the lowest of them, and each row
+    # zeroes its head in its own layer (rows of a higher layer recompute the layers below it, which
+    # is cheap next to the saved overhead). Each layer is still a unit of the resumable cache.
+    widest = max(len(c) for c in chunks)
+    groups: list[list[int]] = []
+    for l in todo:
+        if groups and groups[-1][-1] == l - 1 and sum(len(todo[x]) for x in groups[-1]) * widest < min_rows:
+            groups[-1].append(l)
+        else:
+            groups.append([l])
     bar = tqdm(total=len(todo) * len(chunks), desc="head sweep (layer x batch)", disable=not progress, mininterval=10)
-    for l, lheads in todo.items():
-        per_head = {h: {k: torch.zeros_like(v) for k, v in base.items()} for h in lheads}
+    for group_layers in groups:
+        ghead = [(l, h) for l in group_layers for h in todo[l]]
+        per_head = {lh: {k: torch.zeros_like(v) for k, v in base.items()} for lh in ghead}
         for idx, batch, store in zip(chunks, batches, resid):
             B = len(idx)
             k = max(1, rows_per_forward // B)
-            for j in range(0, len(lheads), k):
-                group = lheads[j:j + k]
-                mask = torch.ones(len(group) * B, s.n_heads, device=dev)
-                mask[torch.arange(len(group) * B), torch.tensor(group).repeat_interleave(B)] = 0
-                hook = _mask_hook(s.n_heads, s.head_dim, mask, means[l].to(dev) if method == "mean" else None)
-                rb = batch.repeat(len(group))
-                handle = o_proj(model, l).register_forward_pre_hook(hook)
+            for j in range(0, len(ghead), k):
+                part = ghead[j:j + k]
+                start = min(l for l, _ in part)
+                handles = []
+                for l in sorted({l for l, _ in part}):
+                    mask = torch.ones(len(part) * B, s.n_heads, device=dev)
+                    for r, (ll, h) in enumerate(part):
+                        if ll == l:
+                            mask[r * B:(r + 1) * B, h] = 0
+                    hook = _mask_hook(s.n_heads, s.head_dim, mask, means[l].to(dev) if method == "mean" else None)
+                    handles.append(o_proj(model, l).register_forward_pre_hook(hook))
+                rb = batch.repeat(len(part))
                 try:
-                    if l == 0:
+                    if start == 0:
                         logits = answer_logits(model, rb)
                     else:
-                        logits = answer_logits(model, rb, start_layer=l, resid=store[l].repeat(len(group), 1, 1))
+                        logits = answer_logits(model, rb, start_layer=start, resid=store[start].repeat(len(part), 1, 1))
                 finally:
-                    handle.remove()
+                    for handle in handles:
+                        handle.remove()
                 sc = score(logits, rb.targets)
-                for r, h in enumerate(group):
-                    for key in per_head[h]:
-                        per_head[h][key][idx] = sc[key][r * B:(r + 1) * B]
-            bar.update(1)
-        results.update({(l, h): v for h, v in per_head.items()})
+                for r, lh in enumerate(part):
+                    for key in per_head[lh]:
+                        per_head[lh][key][idx] = sc[key][r * B:(r + 1) * B]
+            bar.update(len(group_layers))
+        results.update(per_head)
         if cache is not None:
-            tmp = cache / f"layer_{l:03d}.pt.tmp"
-            torch.save({"fingerprint": fp, "heads": {**kept[l], **{(l, h): v for h, v in per_head.items()}}}, tmp)
-            os.replace(tmp, cache / f"layer_{l:03d}.pt")
+            for l in group_layers:
+                tmp = cache / f"layer_{l:03d}.pt.tmp"
+                torch.save({"fingerprint": fp, "heads": {**kept[l], **{lh: v for lh, v in per_head.items() if lh[0] == l}}},
+                           tmp)
+                os.replace(tmp, cache / f"layer_{l:03d}.pt")
     bar.close()
 
     info = pd.DataFrame([c.to_row() for c in cases])

@@ -67,13 +67,14 @@ def test_gqa_ablation_touches_only_own_slice():
             assert h[:, :, k].abs().sum() > 0
 
 
-def test_head_sweep_equals_loop_of_hooked_forwards(tiny):
+@pytest.mark.parametrize("min_rows", [0, 64], ids=["layer-per-forward", "layers-share-forwards"])
+def test_head_sweep_equals_loop_of_hooked_forwards(tiny, min_rows):
     name, model = tiny
     cases = random_cases(model, n=9, seed=1)
     s = cu.spec(model)
     heads = [(l, h) for l in range(s.n_layers) for h in range(s.n_heads)]
     sweep = cu.head_sweep(model, TOK, cases, heads=heads, batch_size=4, rows_per_forward=8, progress=False,
-                          per_case=True, answer="all")
+                          per_case=True, answer="all", min_rows=min_rows)
     for (l, h) in heads:
         with cu.ablate_heads(model, [(l, h)]):
             lg = full_logits(model, cases)
@@ -84,7 +85,7 @@ def test_head_sweep_equals_loop_of_hooked_forwards(tiny):
         assert list(got.answer_correct) == sc["answer_correct"].tolist()
     assert sweep.base_first_correct.all()                       # gold = the model's own greedy answer
     first = cu.head_sweep(model, TOK, cases, heads=heads, batch_size=4, rows_per_forward=8, progress=False,
-                          per_case=True)                        # answer="first": prompt only, same first token
+                          per_case=True, min_rows=min_rows)     # answer="first": prompt only, same first token
     assert list(first.first_correct) == list(sweep.first_correct)
     torch.testing.assert_close(torch.tensor(first.gold_logprob.values), torch.tensor(sweep.gold_logprob.values),
                                atol=1e-4, rtol=1e-4)

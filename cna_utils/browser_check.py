@@ -1,0 +1,115 @@
+"""Open the built book in headless Chromium, as a reader would, and check every page.
+
+Usage::
+
+    python -m cna_utils.browser_check _build/html              # screenshots in _build/screenshots
+
+For the intro, every chapter and the generated pages, Chromium loads the page from disk, runs its
+scripts and dumps the resulting DOM; the check fails on a page that does not load, an image that
+does not exist, or a Python traceback in the text. It saves a screenshot of each page. Chromium is
+Debian's ``chromium`` package; when it is missing the check installs it with apt-get (as root, or
+through sudo) and says what to do if that is not possible.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+__all__ = ["find_chromium", "pages", "check_page", "main"]
+
+NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def find_chromium(install: bool = True) -> str:
+    """Path of a Chromium binary; installs Debian's ``chromium`` when none is found."""
+    for name in NAMES:
+        path = shutil.which(name)
+        if path:
+            return path
+    if not install:
+        raise FileNotFoundError("Chromium not found")
+    apt = shutil.which("apt-get")
+    prefix = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else None)
+    if apt is None or prefix is None:
+        raise FileNotFoundError(
+            "Chromium is not installed and cannot be installed here (needs apt-get and root). Install it "
+            "yourself (Debian/Ubuntu: `sudo apt-get install chromium`) or put a Chromium or Chrome binary on PATH.")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(prefix + [apt, "update", "-qq"], check=True, env=env)
+    subprocess.run(prefix + [apt, "install", "-y", "-qq", "--no-install-recommends", "chromium"], check=True, env=env)
+    return find_chromium(install=False)
+
+
+def pages(html_dir: Path) -> list[Path]:
+    """The pages a reader opens: the intro, every chapter and the generated pages."""
+    found = [html_dir / "book" / "intro.html"]
+    found += sorted((html_dir / "book" / "chapters").glob("*.html"))
+    found += sorted((html_dir / "book" / "_generated").glob("*.html"))
+    return found
+
+
+def _chromium(binary: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    base = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--hide-scrollbars", "--run-all-compositor-stages-before-draw", "--virtual-time-budget=5000"]
+    return subprocess.run(base + list(args), capture_output=True, text=True, timeout=timeout)
+
+
+def check_page(binary: str, page: Path, shot: Path) -> list[str]:
+    """Problems found on one page (empty list: the page is fine)."""
+    if not page.exists():
+        return [f"{page}: page missing from the build"]
+    url = page.resolve().as_uri()
+    run = _chromium(binary, "--dump-dom", url)
+    dom = run.stdout
+    problems = []
+    if run.returncode != 0 or "<body" not in dom:
+        return [f"{page.name}: Chromium could not load it (exit {run.returncode}): {run.stderr.strip()[-300:]}"]
+    text = html.unescape(re.sub(r"<[^>]+>", " ", dom))
+    if "Traceback (most recent call last)" in text or re.search(r"\b\w+Error\s*Traceback", text):
+        problems.append(f"{page.name}: a Python traceback is in the page")
+    for src in re.findall(r"<img[^>]+src=\"([^\"]+)\"", dom):
+        if src.startswith(("data:", "http://", "https://")):
+            continue
+        target = (page.parent / unquote(urlparse(src).path)).resolve()
+        if not target.exists() or target.stat().st_size == 0:
+            problems.append(f"{page.name}: image {src} does not exist")
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    _chromium(binary, f"--screenshot={shot.resolve()}", "--window-size=1280,2400", url)
+    if not shot.exists() or shot.stat().st_size == 0:
+        problems.append(f"{page.name}: no screenshot could be taken")
+    return problems
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("html_dir", nargs="?", default="_build/html")
+    ap.add_argument("--screenshots", default=None, help="folder for the screenshots (default: <html_dir>/../screenshots)")
+    args = ap.parse_args(argv)
+    html_dir = Path(args.html_dir)
+    shots = Path(args.screenshots) if args.screenshots else html_dir.parent / "screenshots"
+    if not (html_dir / "index.html").exists():
+        print(f"no built book at {html_dir}: run `make book` first", file=sys.stderr)
+        return 2
+    binary = find_chromium()
+    todo = pages(html_dir)
+    problems = []
+    for page in todo:
+        found = check_page(binary, page, shots / (page.stem + ".png"))
+        print(f"{'ok ' if not found else 'BAD'} {page.relative_to(html_dir)}", flush=True)
+        problems += found
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 1
+    print(f"{len(todo)} pages load in Chromium with every image and no traceback; screenshots in {shots}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Verdicts: what each chapter says replicates, and the book's replication scoreboard built from them.
+
+Usage (in a chapter)::
+
+    rows = [claim("table_5", "zeroing the top-99 neurons removes the answer", "58.8%", ok=False, partly=True), ...]
+    display(Markdown(verdict_markdown(rows)))          # the chapter's "what replicates" table
+    save_results(..., verdicts=rows)                    # the scoreboard reads them from the results JSON
+
+``python -m cna_utils.scoreboard book/results book/_generated/scoreboard.md`` (run by ``cna_utils.book``)
+writes the scoreboard page: every table and figure of the paper, the paper's number, this run's,
+the chapter it comes from, and a verdict -- or "not run" where no chapter computed it.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["claim", "verdict_markdown", "PAPER_ITEMS", "scoreboard_markdown", "write_scoreboard"]
+
+VERDICTS = ("replicates", "partly", "does not")
+
+
+def claim(item: str, text: str, this_run: str, ok: bool, partly: bool = False, paper: str = "") -> dict:
+    """One checked claim of the paper: ``item`` is the paper's table or figure ("table_5"),
+    ``text`` the claim with the paper's number, ``this_run`` what this run measured."""
+    return dict(item=item, claim=text, paper=paper, this_run=this_run,
+                verdict="replicates" if ok else "partly" if partly else "does not")
+
+
+def verdict_markdown(rows: list[dict]) -> str:
+    """The chapter's "what replicates" table."""
+    lines = ["| paper's claim (Llama-7B) | this run | replicates? |", "|---|---|---|"]
+    lines += [f"| {r['claim']} | {r['this_run']} | {r['verdict']} |" for r in rows]
+    return "\n".join(lines)
+
+
+# Every table and figure of the paper: (key, what it shows, chapter notebook that computes it or None).
+PAPER_ITEMS = [
+    ("table_1", "top-5 heads, accuracy on the 2-digit set", "01_arithmetic_heads"),
+    ("table_2", "top head per operation on 1/2/3 digits", "01_arithmetic_heads"),
+    ("table_3", "memorize vs change-one digits", "01_arithmetic_heads"),
+    ("table_4", "top CNA neurons of \"3+5=\"", "02_cna"),
+    ("table_5", "mask / keep / coef over 1D+ and 1D-", "02_cna"),
+    ("table_6", "zeroing the lowest top neuron (PE-DAG)", "03_prediction_enhancing_dag"),
+    ("table_7", "hidden-interpretable vectors of the case", "04_hidden_interpretable_neurons"),
+    ("table_8", "zero-shot hidden-interpretable neurons", "04_hidden_interpretable_neurons"),
+    ("figure_2", "accuracy of one LoRA model per layer", "05_lora"),
+    ("table_9", "coefficient scores in LoRA models", "05_lora"),
+    ("table_10", "coefficient increase by LoRA layer depth", "05_lora"),
+    ("table_11", "pruning for arithmetic", "06_pruning"),
+    ("table_12", "gender-bias neurons", "07_gender_bias"),
+    ("table_13", "bias before and after editing", "07_gender_bias"),
+    ("table_15", "head 14_19 on 1D/ (Table 5 layout)", None),
+    ("table_16", "head 14_19 on 1D/ (Table 6 layout)", None),
+    ("table_17", "head 14_19 on 1D/ (Table 8 layout)", None),
+    ("table_18", "GPT-J: accuracy when ablating heads", None),
+    ("table_19", "GPT-J head 13_9 (Table 5 layout)", None),
+    ("table_20", "GPT-J (Table 6 layout)", None),
+    ("table_21", "GPT-J (Table 8 layout)", None),
+    ("table_22", "gender-bias prompts", "07_gender_bias"),
+    ("table_23", "professions per gender", "07_gender_bias"),
+    ("table_24", "top-5 heads per op, 1D/2D/3D (+)", "01_arithmetic_heads"),
+    ("table_25", "top-5 heads per op, 1D/2D/3D (-)", "01_arithmetic_heads"),
+    ("table_26", "top-5 heads per op, 1D/2D/3D (*)", "01_arithmetic_heads"),
+    ("table_27", "top-5 heads per op, 1D/2D/3D (/)", "01_arithmetic_heads"),
+]
+# The chapter section each item is computed in (MyST heading anchors).
+SECTIONS = {
+    "table_1": "table-1-the-five-most-important-heads",
+    "table_2": "table-2-the-top-head-of-each-operation-on-1-2-and-3-digits",
+    "table_3": "table-3-memorize-vs-change-one-digits",
+    "table_4": "table-4-the-top-cna-neurons-of-the-case",
+    "table_5": "table-5-mask-keep-coef",
+    "table_6": "table-6-zeroing-the-lowest-top-neuron-over-all-cases",
+    "table_7": "table-7-the-shallow-neurons-that-feed-the-root",
+    "table_8": "table-8-the-zero-shot-search",
+    "table_24": "tables-24-27-the-top-5-heads-per-operation-and-digit-count",
+    "table_25": "tables-24-27-the-top-5-heads-per-operation-and-digit-count",
+    "table_26": "tables-24-27-the-top-5-heads-per-operation-and-digit-count",
+    "table_27": "tables-24-27-the-top-5-heads-per-operation-and-digit-count",
+}
+NOT_COMPUTED = {
+    "table_15": "not run: the book analyses the addition head; rerun chapters 2-4 with the division head",
+    "table_16": "not run: as table 15",
+    "table_17": "not run: as table 15",
+    "table_18": "not run here: run chapter 1 with MODEL=EleutherAI/gpt-j-6b",
+    "table_19": "not run here: run chapter 2 with MODEL=EleutherAI/gpt-j-6b",
+    "table_20": "not run here: run chapter 3 with MODEL=EleutherAI/gpt-j-6b",
+    "table_21": "not run here: run chapter 4 with MODEL=EleutherAI/gpt-j-6b",
+}
+
+
+def _combined(verdicts: list[str]) -> str:
+    if all(v == "replicates" for v in verdicts):
+        return "replicates"
+    if all(v == "does not" for v in verdicts):
+        return "does not"
+    return "partly"
+
+
+def scoreboard_markdown(results_dir) -> str:
+    """The scoreboard page (MyST markdown) from the chapters' results files."""
+    results_dir = Path(results_dir)
+    loaded = {p.stem: json.loads(p.read_text()) for p in sorted(results_dir.glob("[0-9][0-9]_*.json"))}
+    profiles = sorted({r.get("profile", "?") for r in loaded.values()})
+    models = sorted({r.get("model", "?") for r in loaded.values()})
+    out = ["# Replication scoreboard", "",
+           "Every table and figure of the paper, with the paper's Llama-7B claim, this book's number for "
+           f"{', '.join(models) or 'the default model'} (profile {', '.join(profiles) or 'none'}), the chapter "
+           "it comes from and a verdict. The page is written from the results files the chapters save "
+           "when they run; a chapter that has not run shows \"not run\".", "",
+           "| item | what | paper's claim | this run | verdict | chapter |", "|---|---|---|---|---|---|"]
+    counts = {v: 0 for v in VERDICTS + ("not run",)}
+    for key, what, chapter in PAPER_ITEMS:
+        label = key.replace("_", " ").capitalize()
+        res = loaded.get(chapter) if chapter else None
+        rows = [r for r in (res or {}).get("verdicts", []) if r["item"] == key]
+        anchor = f"#{SECTIONS[key]}" if key in SECTIONS else ""
+        link = f"[{chapter}](../chapters/{chapter}.ipynb{anchor})" if chapter and res else (chapter or "-")
+        if rows:
+            verdict = _combined([r["verdict"] for r in rows])
+            claims = "; ".join(r["claim"] for r in rows)
+            ours = "; ".join(r["this_run"] for r in rows)
+        else:
+            verdict = "not run"
+            claims = "-"
+            ours = NOT_COMPUTED.get(key) or ("no verdict recorded by the chapter" if chapter in loaded
+                                             else "chapter not run")
+        counts[verdict] += 1
+        out.append(f"| {label} | {what} | {claims} | {ours} | **{verdict}** | {link} |")
+    out += ["", "**Totals:** " + ", ".join(f"{v}: {n}" for v, n in counts.items()), ""]
+    return "\n".join(out)
+
+
+def write_scoreboard(results_dir, path) -> Path:
+    path = Path(path)
+    path.write_text(scoreboard_markdown(results_dir))
+    return path
+
+
+if __name__ == "__main__":
+    print(write_scoreboard(sys.argv[1], sys.argv[2]))
