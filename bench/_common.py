@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -27,6 +28,16 @@ def start(doc: str, out: str, **extra):
 def two_digit_cases(tok, n: int):
     """``n`` two-digit cases, "a op b =" with numerals, the four operations in turn."""
     return cu.arithmetic_dataset(digits=(2,), templates=[4], words=False, n=-(-n // 4), tokenizer=tok)[:n]
+
+
+def matmul_peak(n: int = 2048, reps: int = 5) -> float:
+    """fp32 matmul FLOP/s of this machine (n x n times n x n)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n ** 3 * reps / (time.perf_counter() - t)
 
 
 def write(res: dict, out: str) -> None:

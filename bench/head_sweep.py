@@ -19,7 +19,9 @@ Scaling: the batched sweep's cost against the number of cases (every head) and o
 from __future__ import annotations
 
 import copy
+import json
 import time
+from pathlib import Path
 
 import torch
 from _common import start, two_digit_cases, write
@@ -79,12 +81,43 @@ def same(a, b, name):
             raise SystemExit(f"{name}: head {h} gives different numbers")
 
 
+def flops_per_case(model, tok, cases, heads) -> dict:
+    """FLOPs (matmuls and attention, counted by torch's FlopCounterMode in an untimed run) of the
+    batched and the hooked sweep, per case."""
+    from torch.utils.flop_counter import FlopCounterMode
+    out = {}
+    for name, fn in (("batched", batched), ("hooked", hooked)):
+        counter = FlopCounterMode(display=False)
+        with counter:
+            fn(model, tok, cases, heads)
+        out[name] = counter.get_total_flops() / len(cases)
+    return out
+
+
+def add_flops(res: dict, model, tok, one, many, heads) -> None:
+    """Achieved GFLOP/s of each timed run, and the matmul peak of this machine."""
+    from _common import matmul_peak
+    per = {"one prompt": flops_per_case(model, tok, one, heads), "many": flops_per_case(model, tok, many[:10], heads)}
+    res["matmul_peak_gflops"] = matmul_peak() / 1e9
+    for name, r in res["sizes"].items():
+        f = per["one prompt" if r["cases"] == 1 else "many"]
+        r["gflop"] = {k: f[k] * r["cases"] / 1e9 for k in f}
+        r["achieved_gflops"] = {k: f[k] * r["cases"] / r["seconds"][k] / 1e9 for k in f if k in r["seconds"]}
+
+
 def main():
-    args, model, tok, s = start(__doc__, "bench/results/head_sweep.json")
+    args, model, tok, s = start(__doc__, "bench/results/head_sweep.json",
+                                **{"--flops-only": dict(action="store_true",
+                                                        help="only add FLOP counts to an existing results file")})
     heads = [(l, h) for l in range(s.n_layers) for h in range(s.n_heads)]
     one = cu.arithmetic_dataset(ops="+", digits=(1,), templates=[4], words=False, tokenizer=tok)
     one = [c for c in one if (c.a, c.b) == (3, 5)]
     many = two_digit_cases(tok, args.cases)
+    if args.flops_only:
+        res = json.loads(Path(args.out).read_text())
+        add_flops(res, model, tok, one, many, heads)
+        write(res, args.out)
+        return
     res = dict(model=cu.models.model_label(model), heads=len(heads), threads=torch.get_num_threads(), sizes={})
 
     for name, cases, contenders in (("one prompt", one, ("batched", "hooked", "copy")),
@@ -112,6 +145,7 @@ def main():
     _, t = clock(lambda: batched(model, tok, few, heads))
     scaling.append(dict(cases=len(few), layers=s.n_layers, seconds=t))
     res["scaling"] = scaling
+    add_flops(res, model, tok, one, many, heads)
     write(res, args.out)
 
 

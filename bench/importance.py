@@ -21,18 +21,9 @@ from __future__ import annotations
 import time
 
 import torch
-from _common import start, two_digit_cases, write
+from _common import matmul_peak, start, two_digit_cases, write
 
 import cna_utils as cu
-
-
-def matmul_peak(n: int = 2048, reps: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n ** 3 * reps / (time.perf_counter() - t)
 
 
 def lse_floor(n_rows: int, vocab: int, reps: int, chunk: int = 32) -> float:

@@ -73,6 +73,23 @@ def performance_markdown(bench_dir, fig_name: str | None = None) -> str:
             out.append(f"| {name} | {sec['batched']:.1f} | {sec['hooked']:.1f} | {copy_s} | "
                        f"{sp['hooked/batched']:.1f}x | {copy_x} |")
         out.append("")
+        if "matmul_peak_gflops" in sweep:
+            peak = sweep["matmul_peak_gflops"]
+            parts = []
+            for name, r in sweep["sizes"].items():
+                g = r.get("achieved_gflops", {})
+                parts.append(f"{name}: " + ", ".join(f"{k} {v:.0f} GFLOP/s ({100 * v / peak:.0f}%)" for k, v in g.items()))
+            why = []
+            for name, r in sweep["sizes"].items():
+                g, a = r.get("gflop", {}), r.get("achieved_gflops", {})
+                if "batched" in g and "hooked" in g:
+                    why.append(f"{name}, the batched sweep does {100 * g['batched'] / g['hooked']:.0f}% of the hooked "
+                               f"loop's FLOPs at {a['batched'] / a['hooked']:.1f}x its FLOP rate")
+            out += [f"Achieved FLOP/s (matmuls and attention counted by torch's FlopCounterMode in an untimed run; fp32 "
+                    f"matmul peak of this machine {peak:.0f} GFLOP/s): " + "; ".join(parts) + ". For " +
+                    "; for ".join(why) + ". Less work: no layer below the ablated one is recomputed and the LM head "
+                    "runs only where an answer is scored. A faster rate: one prompt's heads become rows of one "
+                    "batch, where the hooked loop multiplies one short prompt at a time.", ""]
         if fig_name:
             out += [f"![Cost against problem size]({fig_name})", "",
                     "The batched sweep's cost grows in proportion to the number of cases and of heads "
