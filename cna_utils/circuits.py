@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from .heads import parse_heads
 from .models import _family, ffn_keys, ffn_values, ov_weights, pre_attn_norm, spec
 from .neurons import neuron_name, parse_neurons
 from .vocab import count_concepts, vocab_logits
@@ -182,7 +183,7 @@ def transfer_scores(model, tokenizer, case, head, root, positions, ffn_layers, a
     from .neurons import neuron_name as _nn
     from .tracing import norm_stats as _norm_stats, trace as _trace
 
-    (hl, hh), = [tuple(int(x) for x in str(head).split("_"))] if isinstance(head, str) else [tuple(head)]
+    (hl, hh), = parse_heads(model, [head])
     (rl, rk), = parse_neurons(model, [root])
     tr = _trace(model, tokenizer, [case], positions="all", keep=("resid_in", "coef"))
     n = int(tr.lengths[0])

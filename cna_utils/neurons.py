@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from .forward import encode, model_device
+from .heads import _capture_pre
 from .models import down_proj, ffn_values, final_norm, parse_pair, spec, unembed
 from .tracing import Trace, frozen_logits
 
@@ -271,17 +272,11 @@ def run_masked(model, tokenizer, prompt_ids, target: int, neuron_sets, mode: str
     R = len(neuron_sets)
     batch = encode(tokenizer, [list(prompt_ids)] * R, model_device(model))
     cap, handles = {}, []
-
-    def capture(l):
-        def hook(module, args):
-            cap[l] = args[0][:, -1].float().cpu()
-        return hook
-
     with mask_neurons(model, neuron_sets, mode=mode, layers=layers, per_row=True):
         try:
             # registered after the mask hooks, so they see the masked coefficient scores
-            for l in (coef_layers or []):
-                handles.append(down_proj(model, l).register_forward_pre_hook(capture(l)))
+            handles = _capture_pre({l: down_proj(model, l) for l in (coef_layers or [])}, cap,
+                                   lambda x: x[:, -1].float().cpu())
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                            position_ids=batch.position_ids, use_cache=False).logits[:, -1].float()
         finally:
