@@ -146,11 +146,12 @@ def cna_cases(model, tokenizer, cases, head, cache_dir=None, progress: bool = Fa
     targets = [c.answer_ids[0] for c in cases]
     # Below the head's layer both models have the same residual stream and coefficients at every
     # position, and both are scored with the original's final-norm statistics: their importance
-    # scores are identical there (tested), so the intervened model is scored from layer hl on.
-    imp_ori = importance_scores(model, tr_ori, targets, progress=progress)
-    imp_inv = imp_ori.clone()
-    imp_inv[:, hl:] = importance_scores(model, [tr_ori, tr_inv], targets, layers=range(hl, spec(model).n_layers),
-                                        shared_norm=True, progress=progress)[1]
+    # scores are identical there (tested), so the intervened model is scored from layer hl on and
+    # every score is computed once.
+    high = importance_scores(model, [tr_ori, tr_inv], targets, layers=range(hl, spec(model).n_layers),
+                             shared_norm=True, progress=progress)
+    low = importance_scores(model, tr_ori, targets, layers=range(hl), progress=progress) if hl > 0 else high[0][:, :0]
+    imp_ori, imp_inv = (torch.cat([low, h], dim=1) for h in high)
     res = CNAResult(name, list(tr_ori.layers), targets, imp_ori, imp_inv, tr_ori.coef, tr_inv.coef,
                     time.time() - t0)
     if path is not None:

@@ -199,12 +199,11 @@ def top_neurons(score: torch.Tensor, k: int, layers=None, **columns) -> pd.DataF
     return pd.DataFrame(rows)
 
 
-def _layer_masks(model, neurons, mode: str, layers, rows: int | None):
+def _layer_masks(model, neurons, mode: str, layers, per_row: bool):
     """{layer: multiplier [N] or [rows, N]} for zero / keep interventions."""
     s = spec(model)
     if mode not in ("zero", "keep"):
         raise ValueError(f"mode must be 'zero' or 'keep', got {mode!r}")
-    per_row = rows is not None
     sets = neurons if per_row else [neurons]
     sets = [parse_neurons(model, ns) for ns in sets]
     if mode == "keep":
@@ -235,8 +234,7 @@ def mask_neurons(model, neurons, mode: str = "zero", layers=None, per_row: bool 
 
     ``neurons``: ["l_k", (l, k), ...]. With ``per_row=True`` it is a list of such lists, one per
     batch row, and every forward inside the block must have exactly that many rows."""
-    rows = len(neurons) if per_row else None
-    masks = _layer_masks(model, neurons, mode, layers, rows)
+    masks = _layer_masks(model, neurons, mode, layers, per_row)
     handles = []
 
     def make(mask):
