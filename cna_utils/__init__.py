@@ -29,6 +29,10 @@ Vocabulary and circuits (``vocab``, ``circuits``)
     vocab_projection(model, tokenizer, vectors, k);  concept_mask(tokenizer)  (lexicon.yaml)
     ov_transform / ov_backproject       value-output maps per layer or head (GQA-expanded)
     pe_dag_edges;  lowest_neuron;  hidden_interpretable   (Sections 4.3-4.4)
+LoRA, pruning, bias (``lora``, ``prune``, ``bias``; imported as modules)
+    lora.lora_splits / train_lora / lora_per_layer / lora_applied   one attention layer, resumable
+    prune.prune_ffn(model, keep)        remove FFN neurons for real (== zeroing them, tested)
+    bias.bias_scores / gender_cna / model_professions / perplexity   Section 6.2
 Profiles and paper numbers (``profiles``, ``paper``)
     get_profile(name=None);  paper_table(key)
 
@@ -39,8 +43,12 @@ import warnings
 
 # tqdm.auto warns in every notebook without ipywidgets; its plain-text bars are what we want there
 warnings.filterwarnings("ignore", message="IProgress not found")
+# peft asks transformers a deprecated question on every wrap, and looks for a config.json beside the
+# GGUF file when saving an adapter; neither concerns the reader
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+warnings.filterwarnings("ignore", message="Could not find a config file")
 
-from . import analysis, chapter  # noqa: E402
+from . import analysis, bias, chapter, lora, prune  # noqa: E402
 from .circuits import (attn_norm_linear, hidden_interpretable, lowest_neuron, ov_backproject, ov_transform,
                        pe_dag_edges, transfer_scores)
 from .data import AlignmentError, Case, align, arithmetic_dataset, digit_cases, digit_kinds, number_word

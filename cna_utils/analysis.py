@@ -31,7 +31,7 @@ from .tracing import trace
 
 __all__ = ["one_digit_cases", "chapter1_head", "top_head_by_sweep", "showcase_case", "CNAResult", "cna_cases",
            "depth_map", "mask_keep", "importance_vs_effect", "lowest_neuron_effect", "Study", "prepare_study",
-           "operand_positions"]
+           "operand_positions", "scale_layer", "lora_groups", "lora_layers", "lora_coefficients"]
 
 PAPER_LAYERS = 32          # Llama-7B
 PAPER_DEEP_START = 17      # "17th-31th layers" (deep FFN layers, Table 5)
@@ -48,6 +48,61 @@ def depth_map(n_layers: int) -> dict:
     return dict(deep=list(range(at(PAPER_DEEP_START), n_layers)),
                 shallow_ffn=list(range(at(PAPER_SHALLOW_FFN_END))),
                 shallow_attn=list(range(at(PAPER_SHALLOW_ATTN_END))))
+
+
+def scale_layer(paper_layer: int, n_layers: int) -> int:
+    """The layer at the same fraction of depth as Llama-7B's ``paper_layer`` (of 32)."""
+    return min(n_layers - 1, int(round(paper_layer * n_layers / PAPER_LAYERS)))
+
+
+def lora_groups(n_layers: int) -> dict:
+    """Table 10's groups of LoRA layers (the paper's 1-9, 10-16, 17-30 of 32) scaled to ``n_layers``;
+    the first and last layer stay out, as the paper leaves out its 0th and 31st."""
+    b = [scale_layer(x, n_layers) for x in (1, 10, 17, 31)]
+    return {"1-9": list(range(b[0], b[1])), "10-16": list(range(b[1], b[2])), "17-30": list(range(b[2], b[3]))}
+
+
+TABLE9_LAYERS = (9, 15, 16, 19, 20)
+
+
+def lora_layers(n_layers: int, k: int | None, table9: bool = True) -> list[int]:
+    """The LoRA layers a chapter trains: ``k`` evenly spread layers (every layer for None), plus
+    the paper's Table 9 layers (9, 15, 16, 19, 20 of 32) scaled when ``table9``."""
+    from .profiles import spread_layers
+    extra = {scale_layer(x, n_layers) for x in TABLE9_LAYERS} if table9 else set()
+    return sorted(set(spread_layers(n_layers, k)) | extra)
+
+
+def lora_coefficients(model, tokenizer, cases, res: "CNAResult", runs: dict, ks=(50, 30, 20, 10)):
+    """Paper Tables 9-10: the coefficient scores of each case's top-k CNA neurons (``res``, the
+    head comparison of chapter 2) in the original model and in each LoRA model of ``runs``
+    ({layer: run or adapter dir}). Returns (coefs, increase): ``coefs`` [models, cases, kmax] with
+    row 0 the original, and one row per (layer, k) of the mean coefficient increase (%) over the
+    cases, the sign-aware ``-coef_decrease`` (positive = the LoRA model's coefficients are larger in
+    the direction the neuron pushes)."""
+    from .lora import lora_applied
+    kmax = max(ks)
+    tops = [res.top(kmax, case=i) for i in range(len(cases))]
+    layers_needed = sorted({int(l) for t in tops for l in t.layer})
+
+    def coefs():
+        tr = trace(model, tokenizer, cases, layers=layers_needed, keep=("coef",))
+        out = torch.zeros(len(cases), kmax)
+        for i, t in enumerate(tops):
+            li = [layers_needed.index(int(l)) for l in t.layer]
+            out[i, :len(t)] = tr.coef[i, li, list(t.neuron)]
+        return out
+
+    table = [coefs()]
+    for l, run in runs.items():
+        with lora_applied(model, run):
+            table.append(coefs())
+    rows = []
+    for j, l in enumerate(runs, start=1):
+        for k in ks:
+            inc = [-coef_decrease(table[0][i, :k], table[j][i, :k]) for i in range(len(cases))]
+            rows.append(dict(layer=l, k=k, increase=float(torch.tensor(inc).nanmean())))
+    return torch.stack(table), pd.DataFrame(rows)
 
 
 def one_digit_cases(model, tokenizer, ops: str = "+-", template: int = 4):

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-__all__ = ["head_heatmaps", "zero_vs_mean", "neuron_layers", "score_vs_effect", "pe_dag", "logic_chain"]
+__all__ = ["head_heatmaps", "zero_vs_mean", "neuron_layers", "score_vs_effect", "pe_dag", "logic_chain",
+           "accuracy_by_layer", "loss_curves"]
 
 
 def head_heatmaps(summary: pd.DataFrame, n_layers: int, n_heads: int, value: str = "drop", column: str = "op",
@@ -131,6 +132,43 @@ def logic_chain(stages: list[tuple[str, str]], title: str | None = None):
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 0.9)
     ax.axis("off")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_by_layer(frame: pd.DataFrame, base: float, x: str = "layer", ys=("test_acc", "test_first"),
+                      labels=("whole answer", "first token"), base_label: str = "original model",
+                      title: str | None = None):
+    """Accuracy (%) of one model per layer (e.g. a LoRA model per attention layer) against the
+    original model's accuracy (dashed)."""
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    for y, lab in zip(ys, labels):
+        ax.plot(frame[x], 100 * frame[y], marker="o", label=lab)
+    ax.axhline(100 * base, color="grey", ls="--", label=f"{base_label} (whole answer)")
+    ax.set_xlabel(x)
+    ax.set_ylabel("accuracy (%)")
+    ax.legend(frameon=False, fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def loss_curves(runs, window: int = 10, title: str | None = None):
+    """Training loss per step of each run (a moving average over ``window`` steps), one line per
+    run labelled by its layer and learning rate."""
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    cmap = plt.get_cmap("viridis")
+    runs = list(runs)
+    for i, r in enumerate(runs):
+        loss = pd.Series(r["losses"]).rolling(window, min_periods=1).mean()
+        ax.plot(loss.index + 1, loss.values, color=cmap(i / max(1, len(runs) - 1)), lw=1.2,
+                label=f"layer {r['layer']}, lr {r['lr']:g}")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"loss (moving mean of {window})")
+    ax.legend(frameon=False, fontsize=7, ncol=2)
     if title:
         ax.set_title(title)
     fig.tight_layout()

@@ -77,6 +77,20 @@ def test_chapters_2_to_4_results_are_consistent(smoke_book):
     assert numbers == sorted(numbers, reverse=True)                     # a higher threshold keeps fewer neurons
 
 
+def test_chapters_5_to_7_results_are_consistent(smoke_book):
+    load = lambda n: json.loads((smoke_book / "book" / "results" / f"{n}.json").read_text())
+    r5, r6, r7 = load("05_lora"), load("06_pruning"), load("07_gender_bias")
+    assert r5["case"] == load("02_cna")["case"]                         # Table 9 follows chapter 2's case
+    assert all(0 <= v["test_acc"] <= 1 for v in r5["figure_2"].values())
+    assert all(r["steps"] == 4 for r in r5["runs"])                      # 64 sentences / batch 16, one epoch
+    assert len(r5["table_9"]["neurons"]) == 3
+    assert r6["lora_layer"] == r5["best_shallow_layer"]                  # chapter 6 reuses chapter 5's LoRA
+    assert r6["pruned_vs_zeroed_max_abs"] < 1e-3 and 0 < r6["kept_share"] < 1
+    assert r6["table_11"][f"LoRA{r6['lora_layer']}"] == 100 * r5["figure_2"][str(r6["lora_layer"])]["test_acc"]
+    assert all(r7["professions"][g] for g in ("woman", "man"))
+    assert {"original", "top-2", "top-18"} <= set(r7["table_13"])
+
+
 def test_book_in_a_real_browser(smoke_book):
     """Headless Chromium loads the intro, every chapter and the generated pages, finds every image
     and no traceback, and saves a screenshot of each (installs Debian's chromium when missing)."""

@@ -1,0 +1,252 @@
+"""Gender bias: CNA between two inputs of one model, and the bias metric (paper Section 6.2, Appendix D).
+
+Usage::
+
+    data = load_bias_data()                                    # prompts, professions, neutral text
+    own = model_professions(model, tok, data["prompts"], data["occupations"])   # the model's own lists
+    b = bias_scores(model, tok, data["prompts"], {"woman": [...], "man": [...]})
+    bias_summary(b)                                            # total / woman / man bias (Table 13)
+    g = gender_cna(model, tok, data["prompts"][0], {"woman": [...], "man": [...]})
+    g.top(18)                                                  # the neurons behind the difference
+
+The bias of a profession w associated with gender g1 (the other gender g2) under a prompt is
+``log p(w | prompt(g1)) - log p(w | prompt(g2))``, the full log-probability of the profession's
+tokens as the prompt's continuation (multi-token professions are summed over their tokens, never
+truncated). Swapping the genders negates it. The paper's "woman bias" is its mean over the
+woman-associated professions and all prompts, "man bias" the same for the man-associated ones, and
+"total bias" the mean of all of them.
+
+The CNA of Section 6.2 compares two INPUTS in one model: for a woman-associated profession w,
+``imp(w | "A woman works as a") - imp(w | "A man works as a")`` per neuron (the genders swapped for
+man-associated professions); averaged over the professions it ranks the neurons that make the
+model's predictions differ by gender.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+
+from .data import Case, align
+from .forward import answer_logits, encode, length_batches, model_device
+from .neurons import importance_scores, top_neurons
+from .tracing import trace
+
+__all__ = ["load_bias_data", "fill", "gender_bias", "continuation_logprob", "bias_scores", "bias_summary",
+           "top_predictions", "model_professions", "single_token_words", "GenderCNA", "gender_cna",
+           "perplexity", "GENDERS"]
+
+GENDERS = ("woman", "man")
+
+
+def load_bias_data() -> dict:
+    """``cna_utils/bias.yaml``: the paper's prompts (Table 22) and professions (Table 23), held-out
+    prompts, an occupation word list and neutral text."""
+    return yaml.safe_load(Path(__file__).with_name("bias.yaml").read_text())
+
+
+def fill(template: str, gender: str) -> str:
+    if "<gend>" not in template:
+        raise ValueError(f"prompt template {template!r} has no <gend> slot (write e.g. 'A <gend> works as a')")
+    return template.replace("<gend>", gender)
+
+
+def gender_bias(logp_g1, logp_g2):
+    """The paper's bias of a profession: log p(prof | gender 1) - log p(prof | gender 2)."""
+    return logp_g1 - logp_g2
+
+
+def _cases(tokenizer, prompts, words) -> list[Case]:
+    for w in words:
+        if not isinstance(w, str) or not w.strip():
+            raise ValueError(f"profession {w!r} is empty: give it as text, e.g. 'nurse' or 'dental assistant'")
+    cases = [Case(p, w.strip(), "", 0, 0, "word", 0, 0, 0) for p in prompts for w in words]
+    return align(cases, tokenizer)
+
+
+@torch.no_grad()
+def continuation_logprob(model, tokenizer, prompts, words, batch_size: int = 64) -> pd.DataFrame:
+    """Full log-probability of each word (all its tokens, teacher-forced) as the continuation of
+    each prompt: a DataFrame [prompts x words]."""
+    cases = _cases(tokenizer, prompts, words)
+    out = torch.empty(len(cases))
+    for idx in length_batches(cases, batch_size):
+        batch = encode(tokenizer, [cases[i] for i in idx], model_device(model))
+        lp = torch.log_softmax(answer_logits(model, batch).float(), -1)
+        valid = batch.targets >= 0
+        gold = lp.gather(-1, batch.targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        out[idx] = (gold * valid).sum(-1).cpu()
+    return pd.DataFrame(out.view(len(prompts), len(words)).numpy(), index=list(prompts), columns=list(words))
+
+
+def bias_scores(model, tokenizer, templates, professions: dict, genders=GENDERS) -> pd.DataFrame:
+    """One row per (template, profession): ``group`` (the gender the profession is associated
+    with), the log-probabilities under each gender and ``bias`` = log p(prof | group) -
+    log p(prof | other gender). ``professions``: {gender: [profession, ...]} for both genders."""
+    g1, g2 = genders
+    missing = [g for g in genders if g not in professions]
+    if missing:
+        raise ValueError(f"professions needs a list for each gender {list(genders)}; missing {missing}")
+    words = [w for g in genders for w in professions[g]]
+    if not words:
+        raise ValueError("no professions given")
+    lp = {g: continuation_logprob(model, tokenizer, [fill(t, g) for t in templates], words) for g in genders}
+    rows = []
+    for ti, t in enumerate(templates):
+        for g in genders:
+            other = g2 if g == g1 else g1
+            for w in professions[g]:
+                a, b = float(lp[g].iloc[ti][w]), float(lp[other].iloc[ti][w])
+                rows.append({"template": t, "profession": w, "group": g, f"logp_{g1}": lp[g1].iloc[ti][w],
+                             f"logp_{g2}": lp[g2].iloc[ti][w], "bias": gender_bias(a, b)})
+    return pd.DataFrame(rows)
+
+
+def bias_summary(frame: pd.DataFrame, genders=GENDERS) -> dict:
+    """Table 13's three numbers: ``total`` (mean bias over every row) and the mean per group."""
+    out = {"total": float(frame.bias.mean())}
+    out.update({g: float(frame[frame.group == g].bias.mean()) for g in genders})
+    return out
+
+
+@torch.no_grad()
+def top_predictions(model, tokenizer, prompts, k: int = 100) -> list[list[tuple[str, float]]]:
+    """The ``k`` most likely next tokens of each prompt as (text, log p)."""
+    tr = trace(model, tokenizer, list(prompts), keep=())
+    lp = torch.log_softmax(tr.logits.float(), -1)
+    vals, ids = lp.topk(k, dim=-1)
+    return [[(tokenizer.decode([int(i)]), float(v)) for v, i in zip(vr, ir)] for vr, ir in zip(vals, ids)]
+
+
+def model_professions(model, tokenizer, templates, occupations, k: int = 100, per_gender: int = 16,
+                      genders=GENDERS) -> pd.DataFrame:
+    """The professions the model itself associates with each gender (the Appendix D procedure).
+
+    The top-``k`` next tokens of every prompt, for each gender, are read against ``occupations``;
+    every occupation found is scored by its mean bias over the prompts. A profession is listed for
+    gender g when it is among g's top-``k`` for at least one prompt and its mean log-probability is
+    higher with g; the ``per_gender`` most biased per gender are marked ``chosen``. Returns one row
+    per occupation found: ``profession``, ``in_top_<g>`` (prompts where it is in g's top-k),
+    ``logp_<g>`` (mean), ``group`` and ``bias`` (toward its group) and ``chosen``."""
+    occ = {o.lower() for o in occupations}
+    g1, g2 = genders
+    seen = {g: {} for g in genders}
+    for g in genders:
+        for preds in top_predictions(model, tokenizer, [fill(t, g) for t in templates], k):
+            for text, _ in preds:
+                w = text.strip().lower()
+                if w in occ and text.strip() == text.strip().lower():
+                    seen[g][w] = seen[g].get(w, 0) + 1
+    found = sorted(set(seen[g1]) | set(seen[g2]))
+    if not found:
+        return pd.DataFrame(columns=["profession", "group", "bias", "chosen"])
+    lp = {g: continuation_logprob(model, tokenizer, [fill(t, g) for t in templates], found).mean(0) for g in genders}
+    rows = []
+    for w in found:
+        d = float(lp[g1][w] - lp[g2][w])
+        group = g1 if d > 0 else g2
+        rows.append({"profession": w, f"in_top_{g1}": seen[g1].get(w, 0), f"in_top_{g2}": seen[g2].get(w, 0),
+                     f"logp_{g1}": float(lp[g1][w]), f"logp_{g2}": float(lp[g2][w]), "group": group,
+                     "bias": abs(d), "eligible": seen[group].get(w, 0) > 0})
+    df = pd.DataFrame(rows).sort_values("bias", ascending=False).reset_index(drop=True)
+    df["chosen"] = False
+    for g in genders:
+        pick = df[(df.group == g) & df.eligible].head(per_gender).index
+        df.loc[pick, "chosen"] = True
+    return df
+
+
+def single_token_words(tokenizer, prompt: str, words) -> tuple[list[str], list[str]]:
+    """Split ``words`` into those that are ONE token after ``prompt`` (usable as a CNA target) and
+    the rest."""
+    cases = _cases(tokenizer, [prompt], words)
+    one = [c.answer for c in cases if len(c.answer_ids) == 1]
+    return one, [c.answer for c in cases if len(c.answer_ids) != 1]
+
+
+@dataclass
+class GenderCNA:
+    """Importance and coefficient scores of every neuron for each profession under both prompts."""
+    template: str
+    professions: list          # in order; ``groups[i]`` is profession i's gender
+    groups: list
+    layers: list
+    imp: dict                  # {gender: [P, L, N]}
+    coef: dict                 # {gender: [L, N]} (the prompt's coefficient scores)
+    genders: tuple
+
+    @property
+    def score(self) -> torch.Tensor:
+        """[P, L, N]: imp under the profession's gender minus imp under the other."""
+        g1, g2 = self.genders
+        sign = torch.tensor([1.0 if g == g1 else -1.0 for g in self.groups]).view(-1, 1, 1)
+        return sign * (self.imp[g1] - self.imp[g2])
+
+    def top(self, k: int) -> pd.DataFrame:
+        """The k neurons with the highest mean CNA score over the professions, with, for each, the
+        profession it serves most and its importance / coefficient under each gender."""
+        sc = self.score
+        mean = sc.mean(0)
+        t = top_neurons(mean, k, layers=self.layers)
+        g1, g2 = self.genders
+        rows = []
+        for r in t.itertuples():
+            li = self.layers.index(r.layer)
+            p = int(sc[:, li, r.neuron].argmax())
+            rows.append({"name": r.name, "layer": r.layer, "neuron": r.neuron, "mean_cna": r.score,
+                         "profession": self.professions[p], "group": self.groups[p],
+                         f"imp_{g1}": float(self.imp[g1][p, li, r.neuron]),
+                         f"imp_{g2}": float(self.imp[g2][p, li, r.neuron]),
+                         f"coef_{g1}": float(self.coef[g1][li, r.neuron]),
+                         f"coef_{g2}": float(self.coef[g2][li, r.neuron])})
+        return pd.DataFrame(rows)
+
+
+def gender_cna(model, tokenizer, template: str, professions: dict, genders=GENDERS, progress: bool = False) -> GenderCNA:
+    """CNA between ``template`` filled with each gender, for every profession's next token.
+    Professions must be one token after the prompt (see ``single_token_words``): a multi-token
+    profession raises a ValueError rather than being cut to its first token."""
+    words = [w for g in genders for w in professions.get(g, [])]
+    groups = [g for g in genders for _ in professions.get(g, [])]
+    if not words:
+        raise ValueError("no professions given")
+    prompts = {g: fill(template, g) for g in genders}
+    targets = None
+    imp, coef, cases = {}, {}, {}
+    for g in genders:
+        cs = _cases(tokenizer, [prompts[g]], words)
+        multi = [c.answer for c in cs if len(c.answer_ids) != 1]
+        if multi:
+            raise ValueError(f"professions {multi} are more than one token after {prompts[g]!r}: CNA scores one next "
+                             "token. Pass single-token professions (single_token_words splits them); the bias "
+                             "metric (bias_scores) scores multi-token ones by their full log-probability.")
+        t = [c.answer_ids[0] for c in cs]
+        targets = t if targets is None else targets
+        cases[g] = cs
+    trs = {g: trace(model, tokenizer, cases[g], keep=("resid_mid", "coef")) for g in genders}
+    scores = importance_scores(model, [trs[g] for g in genders], targets, progress=progress)
+    for g, s in zip(genders, scores):
+        imp[g] = s
+        coef[g] = trs[g].coef[0]
+    return GenderCNA(template, words, groups, list(trs[genders[0]].layers), imp, coef, tuple(genders))
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, texts) -> float:
+    """Perplexity of the model on ``texts`` (each scored on its own; every token after the first)."""
+    nll, n = 0.0, 0
+    dev = model_device(model)
+    for t in texts:
+        ids = torch.tensor([tokenizer(t)["input_ids"]], device=dev)
+        if ids.shape[1] < 2:
+            continue
+        logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
+        nll += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
+        n += ids.shape[1] - 1
+    if n == 0:
+        raise ValueError("no text to score: give sentences of at least two tokens")
+    return math.exp(nll / n)

@@ -1,0 +1,180 @@
+"""Single-layer LoRA, real pruning and the gender-bias metric (chapters 5-7), on every tiny family
+and on the real model."""
+import copy
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import cna_utils as cu
+from cna_utils import bias as gb
+from cna_utils import lora, prune
+from conftest import FAMILIES, PadTokenizer, make_model, random_cases
+
+TOK = PadTokenizer()
+
+
+def _train(model, layer, out, steps_cases=8, lr=1e-2, seed=0, epochs=1):
+    cases = random_cases(model, n=steps_cases, seed=1, gold="random")
+    return lora.train_lora(model, TOK, layer, cases, val=cases[:3], test=cases[:3], lr=lr, epochs=epochs,
+                           batch_size=4, seed=seed, out_dir=out, progress=False)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_lora_adapts_only_its_layers_attention(name, tmp_path):
+    from peft import get_peft_model
+    model = make_model(name)
+    n = cu.spec(model).n_layers
+    layer = n - 1
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    prefix = next(k for k, m in model.named_modules() if m is cu.attention(model, layer)) + "."
+    # what peft makes trainable: LoRA matrices inside layer `layer`'s attention block, nothing else
+    pm = get_peft_model(model, lora.lora_config(model, layer))
+    trainable = [k for k, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(k.replace("base_model.model.", "").startswith(prefix) and "lora_" in k for k in trainable)
+    pm.unload()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    run = _train(model, layer, tmp_path / "run")
+    after = model.state_dict()
+    assert set(after) == set(before) and all(torch.equal(before[k], after[k]) for k in before)  # base untouched
+    cases = random_cases(model, n=4, seed=3)
+    tr0 = cu.trace(model, TOK, cases, keep=("resid_in", "attn_out"))
+    with lora.lora_applied(model, run):
+        tr1 = cu.trace(model, TOK, cases, keep=("resid_in", "attn_out"))
+    assert torch.equal(tr0.resid_in[:, :layer + 1], tr1.resid_in[:, :layer + 1])   # nothing below layer l moves
+    assert not torch.allclose(tr0.attn_out[:, layer], tr1.attn_out[:, layer], atol=1e-6)
+    tr2 = cu.trace(model, TOK, cases, keep=("attn_out",))                               # restored on exit
+    assert torch.equal(tr0.attn_out, tr2.attn_out)
+
+
+def test_lora_training_is_deterministic_and_resumes(tmp_path):
+    model = make_model("llama-gqa")
+    a = _train(model, 1, tmp_path / "a")
+    b = _train(model, 1, tmp_path / "b")
+    c = _train(model, 1, tmp_path / "c", seed=1)
+    wa, wb, wc = (load_file(str(tmp_path / x / "adapter" / "adapter_model.safetensors")) for x in "abc")
+    assert a["losses"] == b["losses"] and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert any(not torch.equal(wa[k], wc[k]) for k in wa)                     # the seed matters
+    # a finished run is loaded, not retrained: same result, adapter file untouched
+    stamp = (tmp_path / "a" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
+    again = _train(model, 1, tmp_path / "a", lr=0.5)                          # arguments ignored once finished
+    assert again == json.loads((tmp_path / "a" / "result.json").read_text()) == json.loads(json.dumps(a))
+    assert (tmp_path / "a" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_lora_per_layer_skips_finished_layers(tmp_path):
+    model = make_model("llama-mha")
+    cases = random_cases(model, n=6, seed=2, gold="random")
+    kw = dict(lrs=[1e-2], epochs=1, batch_size=4, seed=0, cache_dir=tmp_path, progress=False)
+    first = lora.lora_per_layer(model, TOK, [0], cases, cases[:2], cases[:2], **kw)
+    done = {p: p.stat().st_mtime_ns for p in tmp_path.glob("lora/*/result.json")}
+    both = lora.lora_per_layer(model, TOK, [0, 2], cases, cases[:2], cases[:2], **kw)
+    assert len(done) == 1 and all(p.stat().st_mtime_ns == t for p, t in done.items())
+    assert len(list(tmp_path.glob("lora/*/result.json"))) == 2
+    assert both[both.layer == 0].losses.iloc[0] == first.losses.iloc[0]
+    assert list(both.layer) == [0, 2] and both.chosen.all()
+
+
+def test_learning_rate_chosen_on_held_out_data(tmp_path):
+    model = make_model("qwen2")
+    cases = random_cases(model, n=8, seed=4, gold="random")
+    runs = lora.lora_per_layer(model, TOK, [0, 1], cases, cases[:4], cases[:4], lrs=[1e-1, 1e-4], select_on=0,
+                               epochs=1, batch_size=4, cache_dir=tmp_path, progress=False)
+    trial = runs[runs.layer == 0]
+    best = trial.loc[trial.val_acc.idxmax()]
+    assert len(trial) == 2 and trial.chosen.sum() == 1
+    assert float(runs[runs.layer == 1].lr.iloc[0]) == float(runs[runs.chosen & (runs.layer == 0)].lr.iloc[0])
+    assert runs[runs.chosen & (runs.layer == 0)].val_acc.iloc[0] == best.val_acc
+
+
+def test_lora_bad_input(tmp_path):
+    model = make_model("llama-mha")
+    with pytest.raises(IndexError, match="out of range"):
+        lora.lora_config(model, 3)
+    with pytest.raises(IndexError, match="out of range"):
+        lora.lora_per_layer(model, TOK, [-1], random_cases(model, 2), [], [], cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="training set is empty"):
+        lora.train_lora(model, TOK, 0, [], out_dir=tmp_path / "x")
+    with pytest.raises(FileNotFoundError, match="no LoRA adapter"):
+        with lora.lora_applied(model, tmp_path / "nothing"):
+            pass
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_pruning_equals_zeroing(name):
+    model = make_model(name)
+    s = cu.spec(model)
+    g = torch.Generator().manual_seed(0)
+    keep = {l: sorted(torch.randperm(s.d_mlp, generator=g)[:s.d_mlp // 3].tolist()) for l in range(1, s.n_layers)}
+    keep[s.n_layers - 1] = []                                    # a layer may lose every neuron
+    cases = random_cases(model, n=5, seed=5)
+    dropped = [(l, k) for l, ks in keep.items() for k in range(s.d_mlp) if k not in ks]
+    with cu.mask_neurons(model, dropped):
+        zeroed = cu.trace(model, TOK, cases, keep=()).logits
+    small = prune.prune_ffn(copy.deepcopy(model), keep)
+    pruned = cu.trace(small, TOK, cases, keep=()).logits
+    torch.testing.assert_close(pruned, zeroed, atol=2e-5, rtol=1e-5)
+    # each removed neuron takes its key rows (up, and gate if gated), their biases and its value column
+    up = cu.models._in_layer(model, 1, "up")
+    per_neuron = (3 if s.family == "llama" else 2) * s.d_model + (1 if getattr(up, "bias", None) is not None else 0)
+    removed = len(dropped) * per_neuron
+    assert prune.ffn_parameters(model, list(keep)) - prune.ffn_parameters(small, list(keep)) == removed
+    assert sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in small.parameters()) == removed
+
+
+def test_pruning_helpers():
+    score = torch.zeros(2, 2, 5)
+    score[0, 0, 3], score[0, 1, 1], score[1, 1, 1], score[1, 1, 4] = 5, 4, 3, 2
+    keep = prune.union_top_neurons(score, 2, layers=[7, 9])
+    assert keep == {7: [3], 9: [1, 4]} and prune.kept_count(keep) == 3
+    rnd = prune.random_keep(keep, 5, seed=0)
+    assert {l: len(v) for l, v in rnd.items()} == {7: 1, 9: 2}
+    model = make_model("llama-mha")
+    with pytest.raises(IndexError, match="out of range"):
+        prune.prune_ffn(model, {0: [999]})
+
+
+@pytest.fixture(scope="module")
+def real():
+    return cu.load_model()
+
+
+def test_bias_metric_is_antisymmetric_and_uses_whole_professions(real):
+    model, tok = real
+    data = gb.load_bias_data()
+    prompts = data["prompts"][:3]
+    profs = {"woman": ["nurse", "dental assistant"], "man": ["miner", "machine operator"]}
+    swapped = {"woman": profs["man"], "man": profs["woman"]}
+    a = gb.bias_scores(model, tok, prompts, profs).set_index(["template", "profession"]).sort_index()
+    b = gb.bias_scores(model, tok, prompts, swapped).set_index(["template", "profession"]).sort_index()
+    torch.testing.assert_close(torch.tensor(a.bias.values), -torch.tensor(b.bias.values))
+    s_a, s_b = gb.bias_summary(a.reset_index()), gb.bias_summary(b.reset_index())
+    assert s_a["total"] == pytest.approx(-s_b["total"], abs=1e-6)
+    # a two-token profession is scored by both of its tokens
+    p = gb.fill(prompts[0], "woman")
+    ids = tok(p)["input_ids"]
+    full = tok(p + " dental assistant")["input_ids"]
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor([full])).logits[0].float(), -1)
+    want = sum(float(lp[i - 1, full[i]]) for i in range(len(ids), len(full)))
+    got = float(gb.continuation_logprob(model, tok, [p], ["dental assistant"]).iloc[0, 0])
+    assert len(full) - len(ids) >= 2 and got == pytest.approx(want, abs=1e-4)
+
+
+def test_gender_cna_scores_and_bad_input(real):
+    model, tok = real
+    t = "A <gend> works as a"
+    g = gb.gender_cna(model, tok, t, {"woman": ["nurse"], "man": ["miner"]})
+    torch.testing.assert_close(g.score[0], g.imp["woman"][0] - g.imp["man"][0])
+    torch.testing.assert_close(g.score[1], g.imp["man"][1] - g.imp["woman"][1])
+    top = g.top(3)
+    assert len(top) == 3 and top.mean_cna.is_monotonic_decreasing
+    with pytest.raises(ValueError, match="more than one token"):
+        gb.gender_cna(model, tok, t, {"woman": ["dental assistant"], "man": []})
+    with pytest.raises(ValueError, match="empty"):
+        gb.bias_scores(model, tok, [t], {"woman": [""], "man": ["miner"]})
+    with pytest.raises(ValueError, match="no <gend> slot"):
+        gb.bias_scores(model, tok, ["A person works as a"], {"woman": ["nurse"], "man": ["miner"]})
+    assert gb.perplexity(model, tok, gb.load_bias_data()["neutral_text"][:2]) > 1
