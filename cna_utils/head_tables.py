@@ -123,6 +123,8 @@ def paper_table_frame(key: str) -> pd.DataFrame:
                 row[f"head {i}"], row[f"acc {i}"] = h, acc
             rows.append(row)
         return pd.DataFrame(rows).set_index("group")
+    if isinstance(t["rows"], list):                       # one list per row, first column the row name
+        return pd.DataFrame(t["rows"], columns=t["columns"]).set_index(t["columns"][0])
     return pd.DataFrame(t["rows"], index=t["columns"]).T
 
 

@@ -178,3 +178,20 @@ def test_gender_cna_scores_and_bad_input(real):
     with pytest.raises(ValueError, match="no <gend> slot"):
         gb.bias_scores(model, tok, ["A person works as a"], {"woman": ["nurse"], "man": ["miner"]})
     assert gb.perplexity(model, tok, gb.load_bias_data()["neutral_text"][:2]) > 1
+
+
+def test_lora_coefficients_identities(tmp_path):
+    from cna_utils import analysis as an
+    model = make_model("llama-mha")
+    cases = random_cases(model, n=4, seed=6)
+    res = an.cna_cases(model, TOK, cases, "1_0")
+    still = _train(model, 1, tmp_path / "zero", lr=0.0)             # B stays 0: the LoRA model IS the original
+    coefs, inc = an.lora_coefficients(model, TOK, cases, res, {1: still}, ks=(6, 3))
+    torch.testing.assert_close(coefs[1], coefs[0])
+    assert (inc.increase.abs() < 1e-6).all()
+    moved = _train(model, 1, tmp_path / "moved", lr=1e-1)
+    coefs, _ = an.lora_coefficients(model, TOK, cases, res, {1: moved}, ks=(6,))
+    for i in range(len(cases)):
+        layer = torch.tensor(res.top(6, case=i).layer.values)
+        assert torch.equal(coefs[1, i][layer < 1], coefs[0, i][layer < 1])    # below the LoRA layer: untouched
+        assert not torch.allclose(coefs[1, i][layer >= 1], coefs[0, i][layer >= 1])
