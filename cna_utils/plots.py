@@ -138,15 +138,14 @@ def logic_chain(stages: list[tuple[str, str]], title: str | None = None):
     return fig
 
 
-def accuracy_by_layer(frame: pd.DataFrame, base: float, x: str = "layer", ys=("test_acc", "test_first"),
-                      labels=("whole answer", "first token"), base_label: str = "original model",
-                      title: str | None = None):
+def accuracy_by_layer(frame: pd.DataFrame, base, x: str = "layer", ys=("test_acc", "test_first"),
+                      labels=("whole answer", "first token"), title: str | None = None):
     """Accuracy (%) of one model per layer (e.g. a LoRA model per attention layer) against the
-    original model's accuracy (dashed)."""
+    original model's accuracies (dashed), given as one value per line of ``ys``."""
     fig, ax = plt.subplots(figsize=(7, 3.4))
-    for y, lab in zip(ys, labels):
-        ax.plot(frame[x], 100 * frame[y], marker="o", label=lab)
-    ax.axhline(100 * base, color="grey", ls="--", label=f"{base_label} (whole answer)")
+    for i, (y, lab) in enumerate(zip(ys, labels)):
+        line, = ax.plot(frame[x], 100 * frame[y], marker="o", label=f"LoRA, {lab}")
+        ax.axhline(100 * list(base)[i], color=line.get_color(), ls="--", lw=1, label=f"original, {lab}")
     ax.set_xlabel(x)
     ax.set_ylabel("accuracy (%)")
     ax.legend(frameon=False, fontsize=8)
