@@ -32,7 +32,7 @@ import torch
 import yaml
 
 from .data import Case, align
-from .forward import answer_logits, encode, length_batches, model_device
+from .forward import answer_logits, encode, length_batches, model_device, score
 from .neurons import importance_scores, top_neurons
 from .tracing import trace
 
@@ -76,10 +76,7 @@ def continuation_logprob(model, tokenizer, prompts, words, batch_size: int = 64)
     out = torch.empty(len(cases))
     for idx in length_batches(cases, batch_size):
         batch = encode(tokenizer, [cases[i] for i in idx], model_device(model))
-        lp = torch.log_softmax(answer_logits(model, batch).float(), -1)
-        valid = batch.targets >= 0
-        gold = lp.gather(-1, batch.targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        out[idx] = (gold * valid).sum(-1).cpu()
+        out[idx] = score(answer_logits(model, batch), batch.targets)["token_logprob"].sum(-1)
     return pd.DataFrame(out.view(len(prompts), len(words)).numpy(), index=list(prompts), columns=list(words))
 
 

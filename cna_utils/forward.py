@@ -157,7 +157,9 @@ def score(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor
     Returns (all on CPU): ``first_correct`` [B] bool (argmax == first answer token),
     ``answer_correct`` [B] bool (every answer token is the argmax, teacher-forced),
     ``gold_logprob`` [B] float (log p of the first answer token; larger = more confident),
-    ``token_correct`` [B, S] bool (False where target is -1), ``pred`` [B] first-slot argmax id."""
+    ``token_correct`` [B, S] bool (False where target is -1), ``pred`` [B] first-slot argmax id,
+    ``token_logprob`` [B, S] float (log p of each answer token; 0 where target is -1, so a row's
+    sum is the whole answer's log-probability)."""
     logits = logits.float()
     valid = targets >= 0
     safe = targets.clamp(min=0)
@@ -168,4 +170,5 @@ def score(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor
     first = valid.long().argmax(-1)                                        # first valid slot per row
     rows = torch.arange(len(targets), device=targets.device)
     return dict(first_correct=tok_ok[rows, first].cpu(), answer_correct=(tok_ok | ~valid).all(-1).cpu(),
-                gold_logprob=gold[rows, first].cpu(), token_correct=tok_ok.cpu(), pred=pred[rows, first].cpu())
+                gold_logprob=gold[rows, first].cpu(), token_correct=tok_ok.cpu(), pred=pred[rows, first].cpu(),
+                token_logprob=(gold * valid).cpu())
