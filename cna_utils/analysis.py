@@ -31,7 +31,8 @@ from .tracing import trace
 
 __all__ = ["one_digit_cases", "chapter1_head", "top_head_by_sweep", "showcase_case", "CNAResult", "cna_cases",
            "depth_map", "mask_keep", "importance_vs_effect", "lowest_neuron_effect", "Study", "prepare_study",
-           "operand_positions", "scale_layer", "lora_groups", "lora_layers", "lora_coefficients"]
+           "operand_positions", "scale_layer", "lora_groups", "lora_layers", "lora_coefficients",
+           "lora_cna"]
 
 PAPER_LAYERS = 32          # Llama-7B
 PAPER_DEEP_START = 17      # "17th-31th layers" (deep FFN layers, Table 5)
@@ -103,6 +104,20 @@ def lora_coefficients(model, tokenizer, cases, res: "CNAResult", runs: dict, ks=
             inc = [-coef_decrease(table[0][i, :k], table[j][i, :k]) for i in range(len(cases))]
             rows.append(dict(layer=l, k=k, increase=float(torch.tensor(inc).nanmean())))
     return torch.stack(table), pd.DataFrame(rows)
+
+
+def lora_cna(model, tokenizer, cases, adapter, layers=None, progress: bool = False):
+    """CNA between a LoRA model and the original for each case's first answer token: returns
+    ``(imp_lora, imp_ori, tr_lora, tr_ori)`` (scores [cases, layers, neurons], each model's final
+    norm frozen at its own residual; traces with ``resid_mid`` and ``coef`` of ``layers``)."""
+    from .lora import lora_applied
+    keep = ("resid_mid", "coef")
+    tr_ori = trace(model, tokenizer, cases, layers=layers, keep=keep)
+    with lora_applied(model, adapter):
+        tr_lora = trace(model, tokenizer, cases, layers=layers, keep=keep)
+    imp_lora, imp_ori = importance_scores(model, [tr_lora, tr_ori], [c.answer_ids[0] for c in cases],
+                                          progress=progress)
+    return imp_lora, imp_ori, tr_lora, tr_ori
 
 
 def one_digit_cases(model, tokenizer, ops: str = "+-", template: int = 4):

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import time
 from contextlib import contextmanager
@@ -42,6 +41,7 @@ from .data import align, arithmetic_dataset
 from .evaluate import accuracy
 from .forward import answer_logits, encode, model_device
 from .models import _family, attention, model_label, spec
+from .profiles import save_results
 
 __all__ = ["attention_linears", "lora_config", "lora_applied", "lora_splits", "train_lora", "lora_per_layer",
            "trainable_parameters"]
@@ -198,9 +198,7 @@ def train_lora(model, tokenizer, layer: int, train, val=None, test=None, lr: flo
     result = dict(layer=layer, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, r=r, alpha=alpha,
                   steps=len(losses), losses=losses, val=val_acc, best_epoch=best, test=test_acc,
                   trainable=n_train, seconds=time.time() - t0, adapter=str((out / "adapter").resolve()))
-    tmp = done.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, done)                                   # written last: its presence means "finished"
+    save_results(done.stem, result, out)                    # written last, atomically: its presence means "finished"
     return result
 
 

@@ -189,6 +189,8 @@ def test_lora_coefficients_identities(tmp_path):
     coefs, inc = an.lora_coefficients(model, TOK, cases, res, {1: still}, ks=(6, 3))
     torch.testing.assert_close(coefs[1], coefs[0])
     assert (inc.increase.abs() < 1e-6).all()
+    imp_lora, imp_ori, _, _ = an.lora_cna(model, TOK, cases, still)
+    torch.testing.assert_close(imp_lora, imp_ori)                   # CNA of a model with itself is 0
     moved = _train(model, 1, tmp_path / "moved", lr=1e-1)
     coefs, _ = an.lora_coefficients(model, TOK, cases, res, {1: moved}, ks=(6,))
     for i in range(len(cases)):
