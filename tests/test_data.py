@@ -1,4 +1,6 @@
 """The dataset: templates, sizes, answers and memorize / change-one labels (no model needed)."""
+import pytest
+
 import cna_utils as cu
 from cna_utils.data import digit_kinds
 
@@ -26,9 +28,25 @@ def test_answers_are_right():
 def test_templates_are_the_papers():
     tables = cu.paper_table("table_14_prompts")
     for op, name in cu.data.OPS.items():
-        assert cu.data.TEMPLATES[op] == tables[name]
+        assert cu.data.TEMPLATES[op][:4] == tables[name]                     # Table 14, verbatim
+        assert cu.data.TEMPLATES[op][4] == "{n1}" + op + "{n2}="            # the authors' code prompt
     c = cu.arithmetic_dataset(ops="/", digits=(1,), n=1, templates=[2])
     assert c[0].prompt.startswith("Q: What is ") and c[1].form == "word" and c[1].answer.isalpha()
+
+
+def test_template_choice_and_answer_form():
+    assert {c.template for c in cu.arithmetic_dataset(ops="+", digits=(1,), n=2)} == {1, 2, 3, 4}   # "all" = Table 14
+    five = cu.arithmetic_dataset(ops="*", digits=(1,), n=3, templates=[5], words=True, answers="number")
+    assert [c.prompt for c in five if c.form == "number"] == [f"{c.a}*{c.b}=" for c in five if c.form == "number"]
+    words = [c for c in five if c.form == "word"]
+    assert all(c.answer == str(c.a * c.b) and c.answer_form == "number" and not c.prompt[0].isdigit() for c in words)
+    same = cu.arithmetic_dataset(ops="*", digits=(1,), n=3, templates=[5], words=True)
+    assert all(not c.answer.isdigit() and c.answer_form == "word" for c in same if c.form == "word")
+    assert cu.data.answer_separator(5, "number") == "" and cu.data.answer_separator(5, "word") == " "
+    with pytest.raises(ValueError, match="template"):
+        cu.arithmetic_dataset(templates=[6])
+    with pytest.raises(ValueError, match="answers must be"):
+        cu.arithmetic_dataset(answers="words")
 
 
 def test_memorize_change_one_labels():

@@ -41,6 +41,44 @@ def test_importance_scores_equal_the_definition(tiny):
     assert fast.abs().max() > 1e-3                                    # not trivially zero
 
 
+def test_series_scores_equal_the_log_sum_exp_on_every_family(tiny):
+    _, model = tiny
+    cases = random_cases(model, n=4)
+    targets = [c.answer_ids[0] for c in cases]
+    tr = _trace(model, cases)
+    lse = cu.importance_scores(model, tr, targets, method="lse")
+    st = {}
+    series = cu.importance_scores(model, tr, targets, stats=st)
+    torch.testing.assert_close(series, lse, atol=2e-6, rtol=1e-5)
+    assert st["scores"] == lse.numel() and st["exact_neurons"] < st["scores"]   # the series did the work
+    st = {}
+    none = cu.importance_scores(model, tr, targets, tol=0.0, stats=st)          # no bound is <= 0: all by definition
+    assert st["exact_neurons"] == st["scores"]
+    torch.testing.assert_close(none, lse, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [0.01, 0.3, 3.0])
+def test_series_error_stays_below_its_proven_bound(scale):
+    """In float64 the series scores differ from the definition by at most tol; large effects
+    (scale 3: |a P| up to ~10 nats) are sent to the definition instead of being approximated."""
+    from cna_utils.neurons import _lse_scores, _series_scores
+    g = torch.Generator().manual_seed(0)
+    B, N, V = 3, 300, 500
+    z0 = 4 * torch.randn(B, V, generator=g, dtype=torch.float64)
+    PT = torch.randn(N, V, generator=g, dtype=torch.float64)
+    a = scale * torch.randn(B, N, generator=g, dtype=torch.float64) * torch.rand(B, N, generator=g, dtype=torch.float64)
+    tg = torch.tensor([0, 7, 42])
+    gain = a * PT[:, tg].t()
+    ref = _lse_scores(z0, a, PT, gain, 64)
+    for tol in (1e-6, 1e-12):
+        got, n_exact = _series_scores(z0, a, PT, gain, 12, tol, 64)
+        assert (got - ref).abs().max() <= tol + 1e-13
+        if scale == 3.0:
+            assert 0 < n_exact < B * N
+        if scale == 0.01:
+            assert n_exact == 0
+
+
 def test_importance_for_two_traces_shares_projection(tiny):
     _, model = tiny
     cases = random_cases(model, n=4)
