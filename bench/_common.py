@@ -12,16 +12,17 @@ import cna_utils as cu
 
 
 def start(doc: str, out: str, **extra):
-    """Parse ``--cases``, ``--out`` and ``extra`` ({flag: argparse kwargs}), seed torch, load the
-    default model. Returns (args, model, tokenizer, spec)."""
+    """Parse ``--cases``, ``--model``, ``--out`` and ``extra`` ({flag: argparse kwargs}), seed torch,
+    load the model. Returns (args, model, tokenizer, spec)."""
     ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--cases", type=int, default=100, help="number of two-digit cases")
+    ap.add_argument("--model", default="smollm2-135m", help="a built-in model name or a local path")
     ap.add_argument("--out", default=out, help="where to write the JSON results")
     for flag, kw in extra.items():
         ap.add_argument(flag, **kw)
     args = ap.parse_args()
     torch.manual_seed(0)
-    model, tok = cu.load_model()
+    model, tok = cu.load_model(args.model)
     return args, model, tok, cu.spec(model)
 
 

@@ -25,9 +25,7 @@ OUT = "bench/results/models.json"
 
 
 def survey(name: str, pairs: int, digits=(1, 2)) -> dict:
-    t = time.perf_counter()
     model, tok = cu.load_model(name)
-    load_s = time.perf_counter() - t
     kw = dict(digits=digits, templates=[1, 2, 3, 4, 5], n=pairs, tokenizer=tok)
     cases = cu.arithmetic_dataset(words=True, **kw)                                   # numerals; words -> words
     cases += [c for c in cu.arithmetic_dataset(words=True, answers="number", **kw) if c.form == "word"]
@@ -38,19 +36,26 @@ def survey(name: str, pairs: int, digits=(1, 2)) -> dict:
     rows = (acc.groupby(["op", "digits", "template", "form", "answer_form"])
             .agg(n=("first_correct", "size"), first_token=("first_correct", "mean"),
                  whole_answer=("answer_correct", "mean")).reset_index())
-    # One forward of 100 two-digit prompts ("a + b = "), the cost unit of every sweep.
+    s = cu.spec(model)
+    del model
+    return {"weights": provenance(name), "pairs": pairs, "digits": list(digits), "sentences": len(cases),
+            "accuracy_s": round(acc_s, 1), **timing(name),
+            "shape": {"layers": s.n_layers, "heads": s.n_heads, "kv_heads": s.n_kv_heads, "d_model": s.d_model,
+                      "d_mlp": s.d_mlp, "vocab": s.vocab_size},
+            "rows": rows.round(4).to_dict(orient="records")}
+
+
+def timing(name: str) -> dict:
+    """Load time and one forward of 100 two-digit prompts, measured again."""
+    t = time.perf_counter()
+    model, tok = cu.load_model(name)
+    load_s = time.perf_counter() - t
     probe = cu.arithmetic_dataset(digits=(2,), templates=[4], words=False, n=25, tokenizer=tok)
     cu.accuracy(model, tok, probe[:8])
     t = time.perf_counter()
     cu.accuracy(model, tok, probe, batch_size=100)
-    fwd_s = time.perf_counter() - t
-    s = cu.spec(model)
-    return {"weights": provenance(name), "pairs": pairs, "digits": list(digits), "sentences": len(cases),
-            "load_s": round(load_s, 1), "accuracy_s": round(acc_s, 1), "forward_100_prompts_s": round(fwd_s, 2),
-            "threads": torch.get_num_threads(),
-            "shape": {"layers": s.n_layers, "heads": s.n_heads, "kv_heads": s.n_kv_heads, "d_model": s.d_model,
-                      "d_mlp": s.d_mlp, "vocab": s.vocab_size},
-            "rows": rows.round(4).to_dict(orient="records")}
+    return {"load_s": round(load_s, 1), "forward_100_prompts_s": round(time.perf_counter() - t, 2),
+            "threads": torch.get_num_threads()}
 
 
 def main() -> None:
@@ -58,10 +63,16 @@ def main() -> None:
     ap.add_argument("--model", action="append", choices=list(WEIGHTS), help="repeatable; default: every built-in")
     ap.add_argument("--pairs", type=int, default=25, help="operand pairs per op and digit count")
     ap.add_argument("--out", default=OUT)
+    ap.add_argument("--timing", action="store_true", help="only measure load and forward time again")
     args = ap.parse_args()
     out = Path(args.out)
     res = json.loads(out.read_text()) if out.exists() else {}
     for name in args.model or list(WEIGHTS):
+        if args.timing and name in res:
+            res[name].update(timing(name))
+            out.write_text(json.dumps(res, indent=1))
+            print(name, {k: res[name][k] for k in ("load_s", "forward_100_prompts_s")}, flush=True)
+            continue
         if res.get(name, {}).get("pairs") == args.pairs:
             print(f"{name}: in {out} already")
             continue

@@ -106,17 +106,21 @@ def lora_coefficients(model, tokenizer, cases, res: "CNAResult", runs: dict, ks=
     return torch.stack(table), pd.DataFrame(rows)
 
 
-def lora_cna(model, tokenizer, cases, adapter, layers=None, progress: bool = False):
+def lora_cna(model, tokenizer, cases, adapter, layers=None, progress: bool = False, scale: str = "original"):
     """CNA between a LoRA model and the original for each case's first answer token: returns
-    ``(imp_lora, imp_ori, tr_lora, tr_ori)`` (scores [cases, layers, neurons], each model's final
-    norm frozen at its own residual; traces with ``resid_mid`` and ``coef`` of ``layers``)."""
+    ``(imp_lora, imp_ori, tr_lora, tr_ori)`` (scores [cases, layers, neurons]; traces with
+    ``resid_mid`` and ``coef`` of ``layers``). ``scale="original"`` (default, as the authors' code
+    and the head CNA do) freezes both models' final norm at the ORIGINAL model's statistics;
+    ``scale="own"`` freezes each model's at its own final residual."""
+    if scale not in ("original", "own"):
+        raise ValueError(f"scale must be 'original' (the authors' choice) or 'own', got {scale!r}")
     from .lora import lora_applied
     keep = ("resid_mid", "coef")
     tr_ori = trace(model, tokenizer, cases, layers=layers, keep=keep)
     with lora_applied(model, adapter):
         tr_lora = trace(model, tokenizer, cases, layers=layers, keep=keep)
-    imp_lora, imp_ori = importance_scores(model, [tr_lora, tr_ori], [c.answer_ids[0] for c in cases],
-                                          progress=progress)
+    imp_ori, imp_lora = importance_scores(model, [tr_ori, tr_lora], [c.answer_ids[0] for c in cases],
+                                          shared_norm=scale == "original", progress=progress)
     return imp_lora, imp_ori, tr_lora, tr_ori
 
 

@@ -44,8 +44,9 @@ def execute_notebooks(root: Path, profile: str, model: str, only: list[str] | No
 
 
 def write_pages(root: Path) -> None:
-    """The generated pages: the replication scoreboard (from the chapters' results files) and the
-    performance page (from the benchmark results), under book/_generated/."""
+    """The generated pages: the replication scoreboard (from the chapters' results files), the
+    performance page and the models page (from the benchmark results), under book/_generated/."""
+    from .models_page import write_models_page
     from .perf_page import write_performance
     from .scoreboard import write_scoreboard
 
@@ -53,6 +54,7 @@ def write_pages(root: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_scoreboard(root / "book" / "results", out / "scoreboard.md")
     write_performance(root / "bench" / "results", out)
+    write_models_page(root / "bench" / "results", out / "models.md")
 
 
 def build_html(root: Path) -> None:

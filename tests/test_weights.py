@@ -92,3 +92,23 @@ def test_every_builtin_pins_its_wheels_and_its_file(name):
 def test_unknown_model_lists_the_builtins():
     with pytest.raises(KeyError, match="qwen2.5-coder-1.5b"):
         model_file("no-such-model")
+
+
+def test_readme_model_table_agrees_with_the_committed_survey():
+    """The README's accuracy column is the Models page's headline (bench/results/models.json)."""
+    import json
+    from pathlib import Path
+
+    from cna_utils.models_page import headline_frame, models_markdown
+
+    root = Path(__file__).resolve().parents[1]
+    res = json.loads((root / "bench" / "results" / "models.json").read_text())
+    head = headline_frame(res)
+    readme = (root / "README.md").read_text()
+    for name in res:
+        row = next(ln for ln in readme.splitlines() if ln.startswith(f"| `{name}`"))
+        said = re.search(r"\| (\d+) / (\d+) / (\d+) / (\d+) % \|", row).groups()
+        assert [int(x) for x in said] == [round(head.loc[g, f"{name}: numerals"]) for g in ("2D+", "2D-", "2D*", "2D/")]
+        assert f"| {res[name]['forward_100_prompts_s']:.1f} s |" in row
+    page = models_markdown(root / "bench" / "results")
+    assert all(WEIGHTS[n]["sha256"] in page for n in res)                       # the page names the exact weights
