@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from cna_utils.weights import WEIGHTS
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
@@ -99,7 +101,9 @@ def test_book_in_a_real_browser(smoke_book):
     shots = smoke_book / "_build" / "screenshots"
     assert browser_check.main([str(smoke_book / "_build" / "html"), "--screenshots", str(shots)]) == 0
     pages = browser_check.pages(smoke_book / "_build" / "html")
-    assert len(pages) == 1 + len(NOTEBOOKS) + 2                    # intro, chapters, scoreboard, performance
+    assert len(pages) == 1 + len(NOTEBOOKS) + 3                    # intro, chapters, scoreboard, performance, models
+    models = next(p for p in pages if p.stem == "models").read_text()
+    assert WEIGHTS["qwen2.5-coder-1.5b"]["sha256"] in models and "<table" in models   # the exact weights, as tables
     assert all((shots / f"{p.stem}.png").stat().st_size > 10_000 for p in pages)
 
 
