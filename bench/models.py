@@ -24,8 +24,25 @@ from cna_utils.weights import WEIGHTS, provenance
 OUT = "bench/results/models.json"
 
 
-def survey(name: str, pairs: int, digits=(1, 2)) -> dict:
+def load(name: str):
+    """The model, its tokenizer and the seconds its load took."""
+    t = time.perf_counter()
     model, tok = cu.load_model(name)
+    return model, tok, time.perf_counter() - t
+
+
+def timing(model, tok, load_s: float) -> dict:
+    """Load time and one forward of 100 two-digit prompts ("a + b = "), the cost unit of every sweep."""
+    probe = cu.arithmetic_dataset(digits=(2,), templates=[4], words=False, n=25, tokenizer=tok)
+    cu.accuracy(model, tok, probe[:8])
+    t = time.perf_counter()
+    cu.accuracy(model, tok, probe, batch_size=100)
+    return {"load_s": round(load_s, 1), "forward_100_prompts_s": round(time.perf_counter() - t, 2),
+            "threads": torch.get_num_threads()}
+
+
+def survey(name: str, pairs: int, digits=(1, 2)) -> dict:
+    model, tok, load_s = load(name)
     kw = dict(digits=digits, templates=[1, 2, 3, 4, 5], n=pairs, tokenizer=tok)
     cases = cu.arithmetic_dataset(words=True, **kw)                                   # numerals; words -> words
     cases += [c for c in cu.arithmetic_dataset(words=True, answers="number", **kw) if c.form == "word"]
@@ -37,25 +54,11 @@ def survey(name: str, pairs: int, digits=(1, 2)) -> dict:
             .agg(n=("first_correct", "size"), first_token=("first_correct", "mean"),
                  whole_answer=("answer_correct", "mean")).reset_index())
     s = cu.spec(model)
-    del model
     return {"weights": provenance(name), "pairs": pairs, "digits": list(digits), "sentences": len(cases),
-            "accuracy_s": round(acc_s, 1), **timing(name),
+            "accuracy_s": round(acc_s, 1), **timing(model, tok, load_s),
             "shape": {"layers": s.n_layers, "heads": s.n_heads, "kv_heads": s.n_kv_heads, "d_model": s.d_model,
                       "d_mlp": s.d_mlp, "vocab": s.vocab_size},
             "rows": rows.round(4).to_dict(orient="records")}
-
-
-def timing(name: str) -> dict:
-    """Load time and one forward of 100 two-digit prompts, measured again."""
-    t = time.perf_counter()
-    model, tok = cu.load_model(name)
-    load_s = time.perf_counter() - t
-    probe = cu.arithmetic_dataset(digits=(2,), templates=[4], words=False, n=25, tokenizer=tok)
-    cu.accuracy(model, tok, probe[:8])
-    t = time.perf_counter()
-    cu.accuracy(model, tok, probe, batch_size=100)
-    return {"load_s": round(load_s, 1), "forward_100_prompts_s": round(time.perf_counter() - t, 2),
-            "threads": torch.get_num_threads()}
 
 
 def main() -> None:
@@ -69,7 +72,7 @@ def main() -> None:
     res = json.loads(out.read_text()) if out.exists() else {}
     for name in args.model or list(WEIGHTS):
         if args.timing and name in res:
-            res[name].update(timing(name))
+            res[name].update(timing(*load(name)))
             out.write_text(json.dumps(res, indent=1))
             print(name, {k: res[name][k] for k in ("load_s", "forward_100_prompts_s")}, flush=True)
             continue

@@ -42,8 +42,8 @@ from dataclasses import dataclass, field, replace
 
 from num2words import num2words
 
-__all__ = ["Case", "AlignmentError", "TEMPLATES", "TABLE14", "OPS", "answer_separator", "arithmetic_dataset", "align", "digit_kinds",
-           "digit_cases", "number_word"]
+__all__ = ["Case", "AlignmentError", "TEMPLATES", "TABLE14", "OPS", "answer_separator", "arithmetic_dataset", "align",
+           "digit_kinds", "digit_cases", "number_word"]
 
 OPS = {"+": "addition", "-": "subtraction", "*": "multiplication", "/": "division"}
 # Paper Table 14 (Appendix A), in the paper's order: template 1..4 for each operation.
@@ -65,6 +65,8 @@ def answer_separator(template: int, answer_form: str) -> str:
     """What stands between prompt and answer: nothing after template 5's "=" when the answer is a
     numeral ("3+5=8", as in the authors' code), a space everywhere else ("3+5= eight")."""
     return "" if template == 5 and answer_form == "number" else " "
+
+
 FORMS = ("number", "word")
 
 

@@ -105,7 +105,7 @@ def _series_scores(z0, a, PT, gain, order, tol, chunk):
     ``tol`` at ``order`` are computed by the definition. Returns (scores, number scored so)."""
     p0 = torch.softmax(z0, -1)                                   # [B, V]
     out = torch.empty_like(gain)
-    exact = torch.zeros(gain.shape, dtype=torch.bool)
+    exact = torch.zeros(gain.shape, dtype=torch.bool, device=gain.device)
     perm = a.abs().amax(0).argsort()
     for i in range(0, PT.shape[0], chunk):
         ks = perm[i:i + chunk]

@@ -110,6 +110,14 @@ def _stat_key(path: Path, sha: str) -> dict:
     return {"sha256": sha, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def _remember(path: Path, sha: str) -> None:
+    """Write the note that ``path`` (at its current size and mtime) has SHA-256 ``sha``."""
+    try:
+        _note(path).write_text(json.dumps(_stat_key(path, sha)))
+    except OSError:                                      # a read-only site-packages: verify every time
+        pass
+
+
 def _verified(path: Path, name: str, e: dict) -> Path:
     """``path`` if its SHA-256 is the pinned one (re-hashed unless an up-to-date note says so)."""
     note = _note(path)
@@ -121,10 +129,7 @@ def _verified(path: Path, name: str, e: dict) -> Path:
     got, size = _sha256([path])
     if got != e["sha256"]:
         raise _mismatch(name, e, f"the file {path}", got, size)
-    try:
-        note.write_text(json.dumps(_stat_key(path, got)))
-    except OSError:                                      # a read-only site-packages: verify every time
-        pass
+    _remember(path, got)
     return path
 
 
@@ -149,7 +154,7 @@ def _join(name: str, e: dict, dest: Path) -> Path:
         tmp.unlink()
         raise _mismatch(name, e, f"the file joined from {len(parts)} parts", got, size)
     os.replace(tmp, dest)
-    _note(dest).write_text(json.dumps(_stat_key(dest, got)))
+    _remember(dest, got)
     return dest
 
 
