@@ -28,6 +28,7 @@ Neurons (``neurons``)
 Vocabulary and circuits (``vocab``, ``circuits``)
     vocab_projection(model, tokenizer, vectors, k);  concept_mask(tokenizer)  (lexicon.yaml)
     ov_transform / ov_backproject       value-output maps per layer or head (GQA-expanded)
+    ov_factors                          a layer's summed value-output map as A @ B of width n_kv x head_dim
     pe_dag_edges;  lowest_neuron;  hidden_interpretable   (Sections 4.3-4.4)
 LoRA, pruning, bias (``lora``, ``prune``, ``bias``; imported as modules)
     lora.lora_splits / train_lora / lora_per_layer / lora_applied   one attention layer, resumable
@@ -49,7 +50,7 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 warnings.filterwarnings("ignore", message="Could not find a config file")
 
 from . import analysis, bias, chapter, lora, prune  # noqa: E402
-from .circuits import (attn_norm_linear, hidden_interpretable, lowest_neuron, ov_backproject, ov_transform,
+from .circuits import (attn_norm_linear, hidden_interpretable, lowest_neuron, ov_backproject, ov_factors, ov_transform,
                        pe_dag_edges, transfer_scores)
 from .data import AlignmentError, Case, align, arithmetic_dataset, digit_cases, digit_kinds, number_word
 from .evaluate import accuracy, relative_decrease, summarize, token_table

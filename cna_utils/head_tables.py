@@ -17,7 +17,7 @@ from .evaluate import accuracy, relative_decrease, token_table
 from .heads import ablate_heads, head_name
 from .paper import paper_table
 
-__all__ = ["ranked_heads", "head_value", "table_1", "table_2", "table_3", "tables_24_27", "paper_table_frame", "side_by_side",
+__all__ = ["ranked_heads", "candidate_heads", "head_value", "table_1", "table_2", "table_3", "tables_24_27", "paper_table_frame", "side_by_side",
            "OP_NAMES"]
 
 OP_NAMES = {"+": "add", "-": "sub", "*": "multi", "/": "divide"}
@@ -32,6 +32,24 @@ def ranked_heads(summary: pd.DataFrame, column: str = "op", value: str = "all", 
     rows = summary[summary[column] == value].sort_values(keys)
     names = [head_name(l, h) for l, h in zip(rows["layer"], rows["head"])]
     return names[:k] if k else names
+
+
+def candidate_heads(*screens: tuple[pd.DataFrame, str], k: int = 2, limit: int | None = None) -> list[str]:
+    """The heads a small screening sweep sends on to the full sets: for every ``(summary, column)``
+    given and every value of that column (each op, each digit group, "all"), the ``k`` heads with
+    the biggest drop in mean log p(answer), then the ``k`` with the biggest accuracy drop. Taken
+    round-robin (every group's first choice before any group's second) and cut at ``limit``."""
+    lists = []
+    for metric in ("gold_logprob", "accuracy"):
+        for summary, column in screens:
+            for value in summary[column].unique():
+                lists.append(ranked_heads(summary, column, value, k, metric))
+    out: list[str] = []
+    for rank in range(k):
+        for names in lists:
+            if rank < len(names) and names[rank] not in out:
+                out.append(names[rank])
+    return out[:limit] if limit else out
 
 
 def head_value(summary: pd.DataFrame, name: str, field: str = "accuracy", column: str = "op", value: str = "all"):
@@ -75,15 +93,21 @@ def table_2(summary_by_op: pd.DataFrame, summary_by_group: pd.DataFrame, ops="+-
     return pd.DataFrame(cols, index=[f"{d}D" for d in digits]), top
 
 
-def table_3(model, tokenizer, cases: list[Case], top: dict[str, str], batch_size: int = 64) -> pd.DataFrame:
+def table_3(model, tokenizer, cases: list[Case], top: dict[str, str], batch_size: int = 64,
+            base_accuracy: pd.DataFrame | None = None) -> pd.DataFrame:
     """Decrease (%) of teacher-forced digit accuracy on "memorize" and "change-one" digits when the
-    op's top head is ablated (Table 3). ``cases`` should be numeral cases (words have no digits)."""
+    op's top head is ablated (Table 3). ``cases`` should be numeral cases (words have no digits).
+    ``base_accuracy``: ``accuracy(model, tokenizer, cases)`` if already computed (saves one pass)."""
+    if base_accuracy is not None and len(base_accuracy) != len(cases):
+        raise ValueError("base_accuracy must be accuracy(model, tokenizer, cases) for these same cases")
     cols = {}
     for op, head in top.items():
-        sel = [c for c in cases if c.op == op and c.form == "number"]
+        keep = [i for i, c in enumerate(cases) if c.op == op and c.form == "number"]
+        sel = [cases[i] for i in keep]
         if not sel:
             continue
-        base = token_table(accuracy(model, tokenizer, sel, batch_size))
+        base = token_table(base_accuracy.iloc[keep] if base_accuracy is not None
+                           else accuracy(model, tokenizer, sel, batch_size))
         with ablate_heads(model, [head]):
             abl = token_table(accuracy(model, tokenizer, sel, batch_size))
         vals = []

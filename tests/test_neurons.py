@@ -271,19 +271,43 @@ def test_pe_dag_edges_are_value_key_products():
     assert signed.enhance == pytest.approx(expect, rel=1e-4, abs=1e-8)
 
 
-def test_hidden_interpretable_counts_match_a_direct_projection():
-    model = make_model("llama-gqa")
+def test_ov_factors_reproduce_the_summed_transform(tiny):
+    """The factored value-output map (width n_kv x head_dim under GQA) equals the per-head sum."""
+    _, model = tiny
+    s = cu.spec(model)
+    v = torch.randn(4, s.d_model)
+    for l in range(s.n_layers):
+        a, b = cu.ov_factors(model, l)
+        assert a.shape == (s.d_model, s.n_kv_heads * s.head_dim) == b.t().shape
+        x = cu.attn_norm_linear(model, l, v, torch.tensor(1.7))
+        torch.testing.assert_close(x @ b.t() @ a.t(), cu.ov_transform(model, l, v, scale=torch.tensor(1.7)),
+                                   atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama-gqa", "gpt2"])
+@pytest.mark.parametrize("above_only", [False, True])
+def test_hidden_interpretable_counts_match_a_direct_projection(family, above_only):
+    model = make_model(family)
     s = cu.spec(model)
     mask = torch.zeros(s.vocab_size, dtype=torch.bool)
     mask[::3] = True
-    res = cu.hidden_interpretable(model, mask, ffn_layers=[0, 1], attn_layers=[1, 2], k=10, chunk=16)
+    res = cu.hidden_interpretable(model, mask, ffn_layers=[0, 1], attn_layers=[0, 1, 2], k=10, chunk=16,
+                                  above_only=above_only)
     assert len(res) == 2 * s.d_mlp
-    r = res[(res.layer == 0) & (res.neuron == 5)].iloc[0]
-    v = cu.ffn_values(model, 0)[:, 5]
-    counts = [int(mask[cu.vocab_logits(model, cu.ov_transform(model, a, v)).topk(10).indices].sum()) for a in (1, 2)]
-    assert r.concepts == max(counts) and r.attn_layer == (1, 2)[counts.index(max(counts))]
-    assert r.concepts_raw == int(mask[cu.vocab_logits(model, v).topk(10).indices].sum())
-    assert (res[res.layer == 1].attn_layer == 2).all()               # layer-1 neurons are read by layer 2 only
+    for l in (0, 1):
+        attn = [a for a in (0, 1, 2) if a > l or not above_only]
+        values = cu.ffn_values(model, l).t()
+        direct = torch.stack([cu.count_concepts(cu.vocab_logits(model, cu.ov_transform(model, a, values)).topk(10).indices,
+                                                mask) for a in attn])                    # [attention layers, N]
+        got = res[res.layer == l].sort_values("neuron")
+        assert (got.concepts.values == direct.max(0).values.numpy()).all()
+        assert (got.attn_layer.values == torch.tensor(attn)[direct.argmax(0)].numpy()).all()
+        up = [i for i, a in enumerate(attn) if a > l]
+        expect_above = direct[up].max(0).values.numpy() if up else -1
+        assert (got.concepts_above.values == expect_above).all()
+        raw = cu.count_concepts(cu.vocab_logits(model, values).topk(10).indices, mask).numpy()
+        hit = got.concepts.values > 0
+        assert (got.concepts_raw.values[hit] == raw[hit]).all() and (got.concepts_raw.values[~hit] == -1).all()
 
 
 def test_cna_cases_matches_full_computation(tmp_path):
