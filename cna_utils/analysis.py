@@ -31,6 +31,7 @@ from .tracing import trace
 
 __all__ = ["one_digit_cases", "chapter1_head", "top_head_by_sweep", "showcase_case", "CNAResult", "cna_cases",
            "depth_map", "mask_keep", "importance_vs_effect", "lowest_neuron_effect", "Study", "prepare_study",
+           "STUDIES", "study_item", "study_results_name", "study_banner",
            "operand_positions", "scale_layer", "lora_groups", "lora_layers", "lora_coefficients",
            "lora_cna"]
 
@@ -319,15 +320,51 @@ class Study:
         return int(self.accuracy.first_correct.sum())
 
 
+# The studies of chapters 2-4: the paper's Section 4 analyses 1D+ and 1D- with the top addition head
+# and the case "3+5="; its Appendix B repeats Tables 5, 6 and 8 on 1D/ with the top division head
+# (Tables 15-17; "72/8=" is its example).
+STUDIES = {"+": dict(ops="+-", case=(3, 5), items={}, suffix="", banner=""),
+           "/": dict(ops="/", case=(72, 8), items={"table_5": "table_15", "table_6": "table_16", "table_8": "table_17"},
+                     suffix="_division",
+                     banner="**This page is the division study, the paper's Appendix B.** It runs this chapter's "
+                            "analysis on every 1-digit division case (1D/) with chapter 1's top head for division, "
+                            "and compares with the paper's Tables 15-17 (head 14_19 of Llama-7B) where the text "
+                            "below names Tables 5, 6 and 8. Read the addition page first; the prose there explains "
+                            "each step.")}
+
+
+def _study(op: str) -> dict:
+    if op not in STUDIES:
+        raise ValueError(f"OP must be one of {', '.join(map(repr, STUDIES))} (the paper's addition study and its "
+                         f"division appendix), got {op!r}")
+    return STUDIES[op]
+
+
+def study_item(key: str, op: str = "+") -> str:
+    """The paper's table for a chapter's ``key`` in the study of ``op``: "table_5" is "table_15" for "/"."""
+    return _study(op)["items"].get(key, key)
+
+
+def study_banner(op: str = "+") -> str:
+    """A note that opens a chapter run for the study of ``op`` (empty for the paper's main study)."""
+    return _study(op)["banner"]
+
+
+def study_results_name(name: str, op: str = "+") -> str:
+    """The results file of chapter ``name`` for the study of ``op``: "02_cna", "02_cna_division"."""
+    return name + _study(op)["suffix"]
+
+
 def prepare_study(model, tokenizer, head=None, results_dir="results", max_cases=None, cache_dir=None,
-                  seed: int = 0, progress: bool = True) -> Study:
-    """The 1D+/1D- cases, the model's accuracy, the cases it answers (at most ``max_cases``, the
-    showcase case always included), the head to compare against (``head``, else chapter 1's top
-    addition head, else the top head of a sweep over these cases) and the CNA of every analysed case
-    (cached in ``cache_dir``)."""
-    cases, acc = one_digit_cases(model, tokenizer)
+                  seed: int = 0, progress: bool = True, op: str = "+") -> Study:
+    """The 1-digit cases of the study of ``op`` ("+": 1D+ and 1D-, "/": 1D/), the model's accuracy,
+    the cases it answers (at most ``max_cases``, the showcase case always included), the head to
+    compare against (``head``, else chapter 1's top head for ``op``, else the top head of a sweep over
+    these cases) and the CNA of every analysed case (cached in ``cache_dir``)."""
+    st = _study(op)
+    cases, acc = one_digit_cases(model, tokenizer, ops=st["ops"])
     ok = [c for c, r in zip(cases, acc.first_correct) if r]
-    case, case_note = showcase_case(model, tokenizer, ok)
+    case, case_note = showcase_case(model, tokenizer, ok, *st["case"], op=op)
     rest = [c for c in ok if c is not case]
     if max_cases is not None and len(rest) > max_cases - 1:
         g = torch.Generator().manual_seed(seed)
@@ -338,7 +375,7 @@ def prepare_study(model, tokenizer, head=None, results_dir="results", max_cases=
         (hl, hh), = parse_heads(model, [head])
         head, head_note = head_name(hl, hh), f"the head was given: {head_name(hl, hh)}"
     else:
-        head, head_note = chapter1_head(results_dir)
+        head, head_note = chapter1_head(results_dir, op)
         if head is None:
             head = top_head_by_sweep(model, tokenizer, correct)
             head_note += f"; a sweep of every head over the analysed cases picked {head}"

@@ -6,7 +6,8 @@ Usage (what ``make book`` runs)::
     python -m cna_utils.book --profile smoke --root /tmp/copy-of-the-book   # what the tests run
 
 Each ``notebooks/NN_name.ipynb`` is executed into ``book/chapters/NN_name.ipynb`` (git-ignored)
-with the parameters PROFILE, MODEL and RESULTS_DIR (``book/results``); chapters that fail stop the
+with the parameters PROFILE, MODEL and RESULTS_DIR (``book/results``); chapters 2-4 run once more
+with OP="/" (the division study) into ``NN_name_division.ipynb``; chapters that fail stop the
 build. Then ``jupyter-book build`` runs with warnings as errors into ``_build/html``.
 """
 from __future__ import annotations
@@ -17,7 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["execute_notebooks", "write_pages", "build_html", "main"]
+__all__ = ["execute_notebooks", "write_pages", "build_html", "main", "DIVISION_CHAPTERS"]
+
+# Chapters run a second time with OP="/" (the paper's Appendix B, Tables 15-17), after the others,
+# into book/chapters/NN_name_division.ipynb.
+DIVISION_CHAPTERS = ("02", "03", "04")
 
 
 def execute_notebooks(root: Path, profile: str, model: str, only: list[str] | None = None) -> list[Path]:
@@ -32,14 +37,16 @@ def execute_notebooks(root: Path, profile: str, model: str, only: list[str] | No
         raise FileNotFoundError(f"no notebooks to execute under {root / 'notebooks'}")
     out_dir, results = root / "book" / "chapters", root / "book" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
+    runs = [(nb, nb.name, {}) for nb in src]
+    runs += [(nb, f"{nb.stem}_division.ipynb", dict(OP="/")) for nb in src if nb.name[:2] in DIVISION_CHAPTERS]
     done = []
-    for nb in src:
+    for nb, name, extra in runs:
         t = time.time()
-        print(f"executing {nb.name} (profile={profile}, model={model})", flush=True)
-        pm.execute_notebook(str(nb), str(out_dir / nb.name), cwd=str(out_dir), progress_bar=False,
-                            parameters=dict(PROFILE=profile, MODEL=model, RESULTS_DIR=str(results.resolve())))
-        print(f"  {nb.name}: {time.time() - t:.0f} s", flush=True)
-        done.append(out_dir / nb.name)
+        print(f"executing {name} (profile={profile}, model={model})", flush=True)
+        pm.execute_notebook(str(nb), str(out_dir / name), cwd=str(out_dir), progress_bar=False,
+                            parameters=dict(PROFILE=profile, MODEL=model, RESULTS_DIR=str(results.resolve()), **extra))
+        print(f"  {name}: {time.time() - t:.0f} s", flush=True)
+        done.append(out_dir / name)
     return done
 
 

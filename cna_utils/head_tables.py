@@ -34,11 +34,14 @@ def ranked_heads(summary: pd.DataFrame, column: str = "op", value: str = "all", 
     return names[:k] if k else names
 
 
-def candidate_heads(*screens: tuple[pd.DataFrame, str], k: int = 2, limit: int | None = None) -> list[str]:
+def candidate_heads(*screens: tuple[pd.DataFrame, str], k: int = 2, limit: int | None = None,
+                    at_least: int = 5) -> list[str]:
     """The heads a small screening sweep sends on to the full sets: for every ``(summary, column)``
     given and every value of that column (each op, each digit group, "all"), the ``k`` heads with
     the biggest drop in mean log p(answer), then the ``k`` with the biggest accuracy drop. Taken
-    round-robin (every group's first choice before any group's second) and cut at ``limit``."""
+    round-robin (every group's first choice before any group's second) and cut at ``limit``; when
+    they are fewer than ``at_least`` (Table 1 shows five), the first screen's next heads by the
+    log-prob drop over all its cases fill up."""
     lists = []
     for metric in ("gold_logprob", "accuracy"):
         for summary, column in screens:
@@ -49,7 +52,14 @@ def candidate_heads(*screens: tuple[pd.DataFrame, str], k: int = 2, limit: int |
         for names in lists:
             if rank < len(names) and names[rank] not in out:
                 out.append(names[rank])
-    return out[:limit] if limit else out
+    out = out[:limit] if limit else out
+    summary, column = screens[0]
+    for name in ranked_heads(summary, column, "all", metric="gold_logprob"):
+        if len(out) >= at_least:
+            break
+        if name not in out:
+            out.append(name)
+    return out
 
 
 def head_value(summary: pd.DataFrame, name: str, field: str = "accuracy", column: str = "op", value: str = "all"):

@@ -44,3 +44,15 @@ def test_paper_frames():
     assert t1.loc["2D+", "17_22"] == 42.9
     t24 = ht.paper_table_frame("tables_24_27")
     assert t24.loc["2D/", "head 1"] == "14_19" and t24.loc["2D/", "acc 1"] == 13.7
+
+
+def test_candidate_heads_take_each_groups_best_then_fill_up():
+    sw = fake_summary()
+    sw["gold_logprob"] = -1.0 - sw["drop"]                 # log p falls with the accuracy: the same ranking
+    groups = [f"{d}D{op}" for d in (1, 2, 3) for op in "+-*/"]
+    # every group's best first: 0_2 (all, +, *, /), 1_0 (-); then the second choices
+    assert ht.candidate_heads((sw, "op"), k=1, at_least=0) == ["0_2", "1_0"]
+    assert ht.candidate_heads((sw, "op"), k=2, at_least=0) == ["0_2", "1_0", "0_1"]
+    assert ht.candidate_heads((sw, "op"), (fake_summary("group", groups), "group"), k=1, limit=1, at_least=0) == ["0_2"]
+    # too few for Table 1: filled with the next heads by the log-prob drop over all cases
+    assert ht.candidate_heads((sw, "op"), k=1, at_least=4) == ["0_2", "1_0", "0_1", "0_0"]

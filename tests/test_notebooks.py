@@ -64,6 +64,8 @@ def test_chapter1_results_are_consistent(smoke_book):
     assert len(r["table_1"]["heads"]) == 5
     assert set(r["table_2"]["top_heads"]) == {"+", "-", "*", "/"}
     assert r["heads_swept"] == 27 and r["heads_per_forward"] >= 9
+    assert 5 <= len(r["heads_confirmed"]) <= 6 and r["screen_cases"] == {"sweep_2d": 16, "sweep_digits": 12}
+    assert set(r["table_1"]["heads"]) <= set(r["heads_confirmed"])              # the tables rank confirmed heads
 
 
 def test_chapters_2_to_4_results_are_consistent(smoke_book):
@@ -112,3 +114,21 @@ def test_scoreboard_lists_every_paper_item(smoke_book):
     for item in [f"Table {i}" for i in list(range(1, 14)) + list(range(15, 28)) if i != 14] + ["Figure 2"]:
         assert f"| {item} |" in page, item
     assert "**replicates**" in page or "**partly**" in page or "**does not**" in page   # verdicts came from results
+
+
+def test_division_study_runs_chapters_2_to_4_again(smoke_book):
+    """Chapters 2-4 run a second time with OP="/": 1D/ cases, the division head, Tables 15-17."""
+    html = smoke_book / "_build" / "html" / "book" / "chapters"
+    heads = set()
+    for stem, item in (("02_cna", "table_15"), ("03_prediction_enhancing_dag", "table_16"),
+                       ("04_hidden_interpretable_neurons", "table_17")):
+        r = json.loads((smoke_book / "book" / "results" / f"{stem}_division.json").read_text())
+        assert r["op"] == "/" and "/" in r["case"]["prompt"]
+        assert {v["item"] for v in r["verdicts"]} - {"beyond"} == {item}
+        heads.add(r["head"])
+        page = html / f"{stem}_division.html"
+        assert page.exists() and "Traceback" not in page.read_text()
+    ch1 = json.loads((smoke_book / "book" / "results" / "01_arithmetic_heads.json").read_text())
+    assert heads == {ch1["table_2"]["top_heads"]["/"]}
+    board = (smoke_book / "book" / "_generated" / "scoreboard.md").read_text()
+    assert "02_cna_division" in board
