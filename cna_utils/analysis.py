@@ -25,7 +25,7 @@ from .circuits import lowest_neuron
 from .data import arithmetic_dataset
 from .evaluate import accuracy
 from .heads import ablate_heads, head_name, head_sweep, parse_heads
-from .models import model_label, spec
+from .models import model_label, spec, weights_fingerprint
 from .neurons import cna, coef_decrease, importance_scores, neuron_effects, run_masked, top_neurons
 from .tracing import trace
 
@@ -200,7 +200,8 @@ class CNAResult:
 
 
 def _key(model, cases, head) -> str:
-    text = json.dumps([model_label(model), head, [list(c.prompt_ids) + [c.answer_ids[0]] for c in cases]])
+    """The cache key of a CNA: the weights (``weights_fingerprint``), the head and the cases."""
+    text = json.dumps([weights_fingerprint(model), head, [list(c.prompt_ids) + [c.answer_ids[0]] for c in cases]])
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 

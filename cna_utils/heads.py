@@ -34,7 +34,7 @@ from tqdm import tqdm
 from .data import align
 from .evaluate import summarize
 from .forward import answer_logits, encode, length_batches, model_device, score
-from .models import layers, model_label, o_proj, parse_pair, spec, weight_out_in
+from .models import layers, model_label, o_proj, parameter_sums, parse_pair, spec, weight_out_in
 
 __all__ = ["ablate_heads", "head_means", "zeroed_in_weights", "head_sweep", "parse_heads", "head_name"]
 
@@ -162,9 +162,7 @@ def _fingerprint(model, cases, method, means) -> str:
     fine-tuned model with the same name never reuses stale results), cases, method and means."""
     h = hashlib.sha256()
     h.update(json.dumps([model_label(model), str(spec(model)), method, str(next(model.parameters()).dtype)]).encode())
-    with torch.no_grad():
-        sums = [(n, float(p.double().sum()), float(p.double().abs().sum())) for n, p in model.named_parameters()]
-    h.update(json.dumps(sums).encode())
+    h.update(json.dumps(parameter_sums(model)).encode())
     for c in cases:
         h.update(json.dumps([c.prompt_ids, c.answer_ids]).encode())
     if means is not None:

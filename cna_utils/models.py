@@ -22,6 +22,8 @@ Places (paper Section 3.1 notation, layer ``l``):
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,7 @@ __all__ = [
     "BUILTIN_MODELS", "ModelSpec", "UnsupportedModelError", "load_model", "spec", "layers",
     "attention", "o_proj", "mlp", "down_proj", "ffn_values", "ffn_keys", "pre_ffn_norm",
     "final_norm", "unembed", "weight_out_in", "base_model", "pick_device", "pre_attn_norm", "ov_weights",
+    "model_label", "parameter_sums", "weights_fingerprint",
 ]
 
 
@@ -321,3 +324,19 @@ def _load(name, device, dtype):
 def model_label(model) -> str:
     """A short name for files and tables."""
     return os.path.basename(str(getattr(model, "name_or_path_", None) or model.config.name_or_path or "model"))
+
+
+@torch.no_grad()
+def parameter_sums(model) -> list[tuple[str, float, float]]:
+    """(name, sum, sum of absolute values) of every parameter, in float64."""
+    return [(n, float(p.double().sum()), float(p.double().abs().sum())) for n, p in model.named_parameters()]
+
+
+def weights_fingerprint(model) -> str:
+    """A short hash of the label and of every parameter's name, shape and ``parameter_sums``.
+    Edited, fine-tuned, pruned or adapter-wrapped models (LoRA weights are parameters too) get
+    another fingerprint than the original under the same label, so no cache keyed by it is reused
+    for them."""
+    shapes = [list(p.shape) for p in model.parameters()]
+    text = json.dumps([model_label(model), shapes, parameter_sums(model)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -357,3 +357,19 @@ def test_mask_keep_keeps_everything_at_full_k():
     assert mk[mk.k == 2 * s.d_mlp].keep_correct.all()
     with pytest.raises(ValueError, match="empty"):
         mask_keep(model, TOK, cases, res, ks=())
+
+
+def test_cna_cache_is_not_reused_for_changed_weights(tmp_path):
+    """A model with the same label but other weights (edited, fine-tuned, pruned) never loads a
+    cached CNA of the original."""
+    from cna_utils.analysis import cna_cases
+    model = make_model("llama-gqa")
+    cases = random_cases(model, n=2)
+    first = cna_cases(model, TOK, cases, "1_2", cache_dir=tmp_path)
+    with torch.no_grad():
+        cu.ffn_values(model, 2).mul_(3.0)                  # same name, other weights
+    second = cna_cases(model, TOK, cases, "1_2", cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("cna-*.pt"))) == 2
+    assert not torch.allclose(first.imp_ori, second.imp_ori)
+    again = cna_cases(model, TOK, cases, "1_2", cache_dir=tmp_path)   # unchanged weights: the cache is used
+    assert again.seconds == second.seconds
