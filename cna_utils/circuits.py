@@ -18,12 +18,18 @@ transform's does.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+from pathlib import Path
+
 import pandas as pd
 import torch
 from tqdm import tqdm
 
 from .heads import parse_heads
-from .models import _family, ffn_keys, ffn_values, final_norm, ov_weights, pre_attn_norm, spec, unembed
+from .models import (_family, ffn_keys, ffn_values, final_norm, ov_weights, pre_attn_norm, spec, unembed,
+                     weights_fingerprint)
 from .neurons import neuron_name, parse_neurons
 from .vocab import count_concepts, vocab_logits
 
@@ -148,7 +154,7 @@ def ov_factors(model, l: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def hidden_interpretable(model, mask: torch.Tensor, ffn_layers, attn_layers, k: int = 50, chunk: int = 1024,
-                         above_only: bool = False, progress: bool = False) -> pd.DataFrame:
+                         above_only: bool = False, progress: bool = False, cache_dir=None) -> pd.DataFrame:
     """The paper's zero-shot search (Section 4.4): every FFN value of ``ffn_layers`` is passed
     through the value-output map of every attention layer in ``attn_layers`` (all heads summed, as
     the authors' code does with ``o_proj(v_proj(.))``), projected to the vocabulary, and the concept
@@ -165,7 +171,24 @@ def hidden_interpretable(model, mask: torch.Tensor, ffn_layers, attn_layers, k: 
     attention layers), ``attn_layer`` (where it is reached), ``concepts_above`` (the largest count
     over the attention layers above the neuron only; -1 when there is none) and ``concepts_raw`` (the count for the
     untransformed value; computed only for neurons with ``concepts > 0``, the only ones a threshold
-    can select, and -1 for the others)."""
+    can select, and -1 for the others). With ``cache_dir`` the table is saved there and a later call
+    with the same weights, layers, k and concept mask loads it (it depends on no case)."""
+    path = None
+    if cache_dir is not None:
+        key = json.dumps([weights_fingerprint(model), sorted(set(ffn_layers)), sorted(set(attn_layers)), k, above_only,
+                          hashlib.sha256(mask.cpu().numpy().tobytes()).hexdigest()])
+        path = Path(cache_dir) / f"hidden-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pkl"
+        if path.exists():
+            return pd.read_pickle(path)
+    out = _hidden_interpretable(model, mask, ffn_layers, attn_layers, k, chunk, above_only, progress)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        out.to_pickle(path.with_suffix(".tmp"))
+        os.replace(path.with_suffix(".tmp"), path)
+    return out
+
+
+def _hidden_interpretable(model, mask, ffn_layers, attn_layers, k, chunk, above_only, progress) -> pd.DataFrame:
     s = spec(model)
     if k < 1:
         raise ValueError(f"k must be positive, got {k}")

@@ -1,5 +1,6 @@
 """Importance scores, CNA, neuron interventions and value-output transforms: identities on tiny
 random models of every supported family."""
+import pandas as pd
 import pytest
 import torch
 
@@ -373,3 +374,16 @@ def test_cna_cache_is_not_reused_for_changed_weights(tmp_path):
     assert not torch.allclose(first.imp_ori, second.imp_ori)
     again = cna_cases(model, TOK, cases, "1_2", cache_dir=tmp_path)   # unchanged weights: the cache is used
     assert again.seconds == second.seconds
+
+
+def test_hidden_interpretable_cache_is_keyed_by_the_weights(tmp_path):
+    model = make_model("qwen2")
+    mask = torch.zeros(cu.spec(model).vocab_size, dtype=torch.bool)
+    mask[::4] = True
+    first = cu.hidden_interpretable(model, mask, [0], [0, 1], k=8, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("hidden-*.pkl"))) == 1
+    pd.testing.assert_frame_equal(cu.hidden_interpretable(model, mask, [0], [0, 1], k=8, cache_dir=tmp_path), first)
+    with torch.no_grad():
+        cu.ffn_values(model, 0).neg_()
+    cu.hidden_interpretable(model, mask, [0], [0, 1], k=8, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("hidden-*.pkl"))) == 2
