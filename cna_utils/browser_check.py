@@ -6,7 +6,8 @@ Usage::
 
 For the intro, every chapter and the generated pages, Chromium loads the page from disk, runs its
 scripts and dumps the resulting DOM; the check fails on a page that does not load, an image that
-does not exist, or a Python traceback in the text. It saves a screenshot of each page. Chromium is
+does not exist, a Python traceback in the text, markdown table syntax left unrendered, or a table
+pandas truncated. It saves a screenshot of each page. Chromium is
 Debian's ``chromium`` package; when it is missing the check installs it with apt-get (as root, or
 through sudo) and says what to do if that is not possible.
 """
@@ -22,7 +23,7 @@ import sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-__all__ = ["find_chromium", "pages", "check_page", "main"]
+__all__ = ["find_chromium", "pages", "check_page", "text_problems", "main"]
 
 NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -61,6 +62,20 @@ def _chromium(binary: str, *args: str, timeout: int = 120) -> subprocess.Complet
     return subprocess.run(base + list(args), capture_output=True, text=True, timeout=timeout)
 
 
+def text_problems(dom: str) -> list[str]:
+    """Defects a reader sees in a page's rendered text (code blocks left out): markdown table
+    syntax that was not rendered as a table, and a table pandas truncated."""
+    prose = re.sub(r"<(pre|code)\b.*?</\1>", " ", dom, flags=re.S)
+    text = html.unescape(re.sub(r"<[^>]+>", " ", prose))
+    found = []
+    if re.search(r"\|\s*:?-{3,}:?\s*\|", text):
+        found.append("raw markdown table syntax (|---|) in the text: a markdown output was not rendered")
+    m = re.search(r"\d+ rows × \d+ columns", text)
+    if m and re.search(r"<td>\s*(\.\.\.|…)\s*</td>", prose):
+        found.append(f"a truncated table ({m.group(0)}): set pandas display options")
+    return found
+
+
 def check_page(binary: str, page: Path, shot: Path) -> list[str]:
     """Problems found on one page (empty list: the page is fine)."""
     if not page.exists():
@@ -74,6 +89,7 @@ def check_page(binary: str, page: Path, shot: Path) -> list[str]:
     text = html.unescape(re.sub(r"<[^>]+>", " ", dom))
     if "Traceback (most recent call last)" in text or re.search(r"\b\w+Error\s*Traceback", text):
         problems.append(f"{page.name}: a Python traceback is in the page")
+    problems += [f"{page.name}: {p}" for p in text_problems(dom)]
     for src in re.findall(r"<img[^>]+src=\"([^\"]+)\"", dom):
         if src.startswith(("data:", "http://", "https://")):
             continue

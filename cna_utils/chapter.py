@@ -79,6 +79,9 @@ def open_chapter(chapter: str, profile=None, model_name: str = "smollm2-135m", d
     model, tok = load_model(model_name, device=device)
     label = model_label(model)
     pd.options.display.float_format = "{:.2f}".format
+    pd.options.display.max_columns = None          # the book's tables are never truncated
+    pd.options.display.max_colwidth = None
+    pd.options.display.max_rows = 200
     ch = Chapter(model, tok, spec(model), prof, prof[chapter], Path(results_dir) / "cache" / f"{label}-{prof['name']}",
                  label, t0, model_name, Path(results_dir))
     print(ch.spec)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cna_utils.book import DIVISION_CHAPTERS
 from cna_utils.weights import WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +104,8 @@ def test_book_in_a_real_browser(smoke_book):
     shots = smoke_book / "_build" / "screenshots"
     assert browser_check.main([str(smoke_book / "_build" / "html"), "--screenshots", str(shots)]) == 0
     pages = browser_check.pages(smoke_book / "_build" / "html")
-    assert len(pages) == 1 + len(NOTEBOOKS) + 3                    # intro, chapters, scoreboard, performance, models
+    # intro, chapters, the division study's chapters, scoreboard, performance, models
+    assert len(pages) == 1 + len(NOTEBOOKS) + len(DIVISION_CHAPTERS) + 3
     models = next(p for p in pages if p.stem == "models").read_text()
     assert WEIGHTS["qwen2.5-coder-1.5b"]["sha256"] in models and "<table" in models   # the exact weights, as tables
     assert all((shots / f"{p.stem}.png").stat().st_size > 10_000 for p in pages)
@@ -132,3 +134,13 @@ def test_division_study_runs_chapters_2_to_4_again(smoke_book):
     assert heads == {ch1["table_2"]["top_heads"]["/"]}
     board = (smoke_book / "book" / "_generated" / "scoreboard.md").read_text()
     assert "02_cna_division" in board
+
+
+def test_browser_check_sees_unrendered_and_truncated_tables():
+    from cna_utils.browser_check import text_problems
+    raw = "<p>| claim | this run |</p><p>|---|---|</p>"
+    assert "raw markdown table" in text_problems(raw)[0]
+    assert text_problems("<pre>| a | b |\n|---|---|</pre><table><tr><td>1</td></tr></table>") == []
+    cut = "<table><tr><td>1</td><td>...</td><td>3</td></tr></table><p>12 rows × 22 columns</p>"
+    assert "truncated table" in text_problems(cut)[0]
+    assert text_problems("<table><tr><td>1</td></tr></table><p>12 rows × 22 columns</p>") == []
