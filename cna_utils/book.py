@@ -13,6 +13,7 @@ build. Then ``jupyter-book build`` runs with warnings as errors into ``_build/ht
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -35,6 +36,7 @@ def execute_notebooks(root: Path, profile: str, model: str, only: list[str] | No
         src = [p for p in src if any(p.name.startswith(o) for o in only)]
     if not src:
         raise FileNotFoundError(f"no notebooks to execute under {root / 'notebooks'}")
+    os.environ.setdefault("TQDM_DISABLE", "1")         # the kernels inherit it: no progress bars in the pages
     out_dir, results = root / "book" / "chapters", root / "book" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = [(nb, nb.name, {}) for nb in src]
@@ -46,8 +48,20 @@ def execute_notebooks(root: Path, profile: str, model: str, only: list[str] | No
         pm.execute_notebook(str(nb), str(out_dir / name), cwd=str(out_dir), progress_bar=False,
                             parameters=dict(PROFILE=profile, MODEL=model, RESULTS_DIR=str(results.resolve()), **extra))
         print(f"  {name}: {time.time() - t:.0f} s", flush=True)
+        _hide_injected_parameters(out_dir / name)
         done.append(out_dir / name)
     return done
+
+
+def _hide_injected_parameters(path: Path) -> None:
+    """Keep papermill's injected-parameters cell (it holds machine paths) out of the page."""
+    import nbformat
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = tags + ["remove-cell"]
+    nbformat.write(nb, path)
 
 
 def write_pages(root: Path) -> None:
