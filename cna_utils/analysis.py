@@ -385,12 +385,20 @@ def prepare_study(model, tokenizer, head=None, results_dir="results", max_cases=
 
 
 def operand_positions(tokenizer, case) -> list[int]:
-    """Token positions of the two operands in ``case.prompt_ids`` (one-token operands): the first
-    token that reads as ``a`` and the last that reads as ``b``."""
+    """Token positions of the two operands in ``case.prompt_ids``: every token of the first run of
+    tokens that reads as ``a`` and of the last run that reads as ``b`` (one position per operand
+    when it is one token; "72" written as "7", "2" gives two)."""
     texts = [tokenizer.decode([t]).strip() for t in case.prompt_ids]
-    try:
-        pa = texts.index(str(case.a))
-        pb = len(texts) - 1 - texts[::-1].index(str(case.b))
-    except ValueError:
-        raise ValueError(f"the operands of {case.prompt!r} are not single tokens: {texts}") from None
-    return [pa, pb]
+
+    def runs(word):
+        return [list(range(i, j)) for i in range(len(texts)) for j in range(i + 1, len(texts) + 1)
+                if "".join(texts[i:j]) == word and texts[i] and texts[j - 1]]
+
+    ra, rb = runs(str(case.a)), runs(str(case.b))
+    if not ra or not rb:
+        raise ValueError(f"the operands of {case.prompt!r} are not found among its tokens: {texts}")
+    pa = min(ra, key=lambda r: (r[0], -len(r)))
+    pb = max((r for r in rb if r[0] > pa[-1]), key=lambda r: (r[-1], len(r)), default=None)
+    if pb is None:
+        raise ValueError(f"the second operand of {case.prompt!r} is not found after the first: {texts}")
+    return pa + pb

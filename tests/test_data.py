@@ -101,3 +101,19 @@ def test_lexicon_has_number_words_in_five_languages():
         assert w in words, w
     for w in ("un", "tre", "-", "="):                   # subword pieces and punctuation are left out
         assert w not in words, w
+
+
+def test_operand_positions_cover_multi_token_operands():
+    from types import SimpleNamespace
+    from cna_utils.analysis import operand_positions
+
+    class Digits:                                   # one token per character, as Qwen2 writes digits
+        def decode(self, ids):
+            return "".join(chr(i) for i in ids)
+
+    case = lambda text, a, b: SimpleNamespace(prompt=text, prompt_ids=[ord(ch) for ch in text], a=a, b=b)
+    assert operand_positions(Digits(), case("72 / 8 =", 72, 8)) == [0, 1, 5]
+    assert operand_positions(Digits(), case("3 + 3 =", 3, 3)) == [0, 4]
+    assert operand_positions(Digits(), case("12 + 21 =", 12, 21)) == [0, 1, 5, 6]
+    with pytest.raises(ValueError, match="not found"):
+        operand_positions(Digits(), case("5 + 6 =", 7, 6))
