@@ -35,15 +35,17 @@ class Chapter:
     t_start: float = field(default_factory=time.time)
     model_name: str = ""     # what was asked for: a built-in name, a path or a Hugging Face id
     results_dir: Path = Path("results")
+    commit: str | None = field(default_factory=lambda: code_commit())   # the code the chapter started with
 
     def elapsed(self) -> float:
         return time.time() - self.t_start
 
     def run_info(self) -> dict:
         """What a results file says about its run: model and weights (file, quantization, SHA-256,
-        packages for built-in models), profile, code commit, date, seconds so far."""
+        packages for built-in models), profile, the code commit when the chapter opened, date,
+        seconds so far."""
         return dict(model=self.model_name, weights=provenance(self.model_name) if self.model_name in WEIGHTS else None,
-                    profile=self.profile["name"], code_commit=code_commit(),
+                    profile=self.profile["name"], code_commit=self.commit,
                     date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     seconds=round(self.elapsed(), 1), torch_threads=torch.get_num_threads())
 

@@ -112,3 +112,14 @@ def test_readme_model_table_agrees_with_the_committed_survey():
         assert f"| {res[name]['forward_100_prompts_s']:.1f} s |" in row
     page = models_markdown(root / "bench" / "results")
     assert all(WEIGHTS[n]["sha256"] in page for n in res)                       # the page names the exact weights
+
+
+def test_results_record_the_code_the_chapter_started_with(tmp_path, monkeypatch):
+    import json
+    from cna_utils import chapter
+    monkeypatch.setattr(chapter, "code_commit", lambda: "abc123")
+    ch = chapter.Chapter(model=None, tok=None, spec=None, profile={"name": "smoke"}, P={}, cache=tmp_path,
+                         label="m", model_name="a-local-model", results_dir=tmp_path)
+    monkeypatch.setattr(chapter, "code_commit", lambda: "def456+dirty")      # edited while the chapter ran
+    run = json.loads(ch.save("01_x", {"answer": 1}).read_text())["run"]
+    assert run["code_commit"] == "abc123" and run["profile"] == "smoke" and run["weights"] is None
