@@ -29,6 +29,7 @@ DIVISION_CHAPTERS = ("02", "03", "04")
 def execute_notebooks(root: Path, profile: str, model: str, only: list[str] | None = None) -> list[Path]:
     import papermill as pm
 
+    from .analysis import study_results_name
     from .profiles import get_profile
     get_profile(profile)                          # fail early on an unknown profile
     src = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -40,7 +41,8 @@ def execute_notebooks(root: Path, profile: str, model: str, only: list[str] | No
     out_dir, results = root / "book" / "chapters", root / "book" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = [(nb, nb.name, {}) for nb in src]
-    runs += [(nb, f"{nb.stem}_division.ipynb", dict(OP="/")) for nb in src if nb.name[:2] in DIVISION_CHAPTERS]
+    runs += [(nb, study_results_name(nb.stem, "/") + ".ipynb", dict(OP="/")) for nb in src
+             if nb.name[:2] in DIVISION_CHAPTERS]
     done = []
     for nb, name, extra in runs:
         t = time.time()

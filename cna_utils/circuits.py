@@ -31,7 +31,7 @@ from .heads import parse_heads
 from .models import (_family, ffn_keys, ffn_values, final_norm, ov_weights, pre_attn_norm, spec, unembed,
                      weights_fingerprint)
 from .neurons import neuron_name, parse_neurons
-from .vocab import count_concepts, vocab_logits
+from .vocab import count_concepts
 
 __all__ = ["attn_norm_linear", "ov_transform", "ov_factors", "ov_backproject", "pe_dag_edges", "lowest_neuron",
            "hidden_interpretable", "transfer_scores"]
@@ -135,7 +135,6 @@ def lowest_neuron(top: pd.DataFrame, by: str = "imp_ori") -> pd.Series:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def ov_factors(model, l: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Layer l's summed value-output map as a product ``A @ B`` (A [d, r], B [r, d]) of the
     smallest width r the heads allow: with grouped-query attention the query heads that share a
@@ -201,12 +200,13 @@ def _hidden_interpretable(model, mask, ffn_layers, attn_layers, k, chunk, above_
     best = {l: torch.full((s.d_mlp,), -1, dtype=torch.long) for l in ffn_layers}
     where = {l: torch.full((s.d_mlp,), -1, dtype=torch.long) for l in ffn_layers}
     above = {l: torch.full((s.d_mlp,), -1, dtype=torch.long) for l in ffn_layers}
-    pairs = [(a, l) for a in attn_layers for l in ffn_layers if not above_only or a > l]
-    bar = tqdm(total=len(pairs), desc="hidden-interpretable search", disable=not progress, mininterval=10)
-    for a in attn_layers:
+    reads = {a: [l for l in ffn_layers if a > l or not above_only] for a in attn_layers}
+    bar = tqdm(total=sum(map(len, reads.values())), desc="hidden-interpretable search", disable=not progress,
+               mininterval=10)
+    for a, read in reads.items():
         fa, fb = ov_factors(model, a)
         ua = e @ fa if fa.shape[1] < s.d_model else None    # [V, r]; no gain without GQA
-        for l in [l for aa, l in pairs if aa == a]:
+        for l in read:
             vals = ffn_values(model, l).float().t()                              # [N, d]
             for i in range(0, s.d_mlp, chunk):
                 x = attn_norm_linear(model, a, vals[i:i + chunk])

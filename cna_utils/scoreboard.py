@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+from .analysis import STUDIES, study_results_name
+
 __all__ = ["claim", "verdict_markdown", "PAPER_ITEMS", "scoreboard_markdown", "write_scoreboard"]
 
 VERDICTS = ("replicates", "partly", "does not")
@@ -51,9 +53,9 @@ PAPER_ITEMS = [
     ("table_11", "pruning for arithmetic", "06_pruning"),
     ("table_12", "gender-bias neurons", "07_gender_bias"),
     ("table_13", "bias before and after editing", "07_gender_bias"),
-    ("table_15", "the division head on 1D/ (Table 5 layout)", "02_cna_division"),
-    ("table_16", "the division head on 1D/ (Table 6 layout)", "03_prediction_enhancing_dag_division"),
-    ("table_17", "the division head on 1D/ (Table 8 layout)", "04_hidden_interpretable_neurons_division"),
+    ("table_15", "the division head on 1D/ (Table 5 layout)", study_results_name("02_cna", "/")),
+    ("table_16", "the division head on 1D/ (Table 6 layout)", study_results_name("03_prediction_enhancing_dag", "/")),
+    ("table_17", "the division head on 1D/ (Table 8 layout)", study_results_name("04_hidden_interpretable_neurons", "/")),
     ("table_18", "GPT-J: accuracy when ablating heads", None),
     ("table_19", "GPT-J head 13_9 (Table 5 layout)", None),
     ("table_20", "GPT-J (Table 6 layout)", None),
@@ -75,9 +77,6 @@ SECTIONS = {
     "table_6": "table-6-zeroing-the-lowest-top-neuron-over-all-cases",
     "table_7": "table-7-the-shallow-neurons-that-feed-the-root",
     "table_8": "table-8-the-zero-shot-search",
-    "table_15": "table-5-mask-keep-coef",
-    "table_16": "table-6-zeroing-the-lowest-top-neuron-over-all-cases",
-    "table_17": "table-8-the-zero-shot-search",
     "figure_2": "figure-2-accuracy-of-a-lora-model-per-layer",
     "table_9": "table-9-the-top-neurons-of-the-case-in-each-lora-model",
     "table_10": "table-10-coefficient-increase-of-the-top-k-neurons-by-lora-layer-depth",
@@ -91,6 +90,8 @@ SECTIONS = {
     "table_26": "tables-24-27-the-top-5-heads-per-operation-and-digit-count",
     "table_27": "tables-24-27-the-top-5-heads-per-operation-and-digit-count",
 }
+# The division study's tables sit in the same sections as the tables they repeat (Table 15 as Table 5).
+SECTIONS.update({item: SECTIONS[key] for key, item in STUDIES["/"]["items"].items()})
 NOT_COMPUTED = {
     "table_18": "not run here: run chapter 1 with MODEL=EleutherAI/gpt-j-6b",
     "table_19": "not run here: run chapter 2 with MODEL=EleutherAI/gpt-j-6b",
