@@ -1,4 +1,4 @@
-# make book   - set up .venv, execute every notebook on the default model, build the HTML book
+# make book   - set up .venv, execute every notebook on the main model (chapters 1-4 also on the second), build the HTML book
 # make test   - set up .venv, run the library tests, the smoke notebooks and a smoke book build
 # make check-book - open the built book (_build/html) in headless Chromium, check every page, screenshot it
 # make bench  - benchmarks and the model survey (bench/*.py), results as JSON under bench/results/ (not in make test)
@@ -6,12 +6,13 @@
 # make check-models - the real-model checks on every built-in model (downloads 1.6 GB of weights once)
 # make student - the chapters without the exercises' solutions, into student/
 # Variables: PROFILE=smoke|book|paper (default book), MODEL=a built-in name (python -m cna_utils.install --list),
-# a local path or a Hugging Face id.
+# a local path or a Hugging Face id; SECOND_MODEL likewise, or none (the second-model appendix, chapters 1-4).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PROFILE ?= book
-MODEL  ?= smollm2-135m
+MODEL  ?= qwen2.5-coder-0.5b
+SECOND_MODEL ?= smollm2-135m
 STAMP  := $(VENV)/.installed
 
 BUILTIN := smollm2-135m qwen2.5-coder-1.5b qwen2.5-coder-0.5b
@@ -35,10 +36,10 @@ $(VENV)/.weights-%: $(STAMP) cna_utils/weights.yaml
 	$(PY) -m cna_utils.install $*
 	touch $@
 
-weights: $(if $(filter $(MODEL),$(BUILTIN)),$(VENV)/.weights-$(MODEL),$(STAMP))
+weights: $(STAMP) $(addprefix $(VENV)/.weights-,$(filter $(MODEL) $(SECOND_MODEL),$(BUILTIN)))
 
 book: weights
-	$(PY) -m cna_utils.book --profile $(PROFILE) --model $(MODEL)
+	$(PY) -m cna_utils.book --profile $(PROFILE) --model $(MODEL) --second-model $(SECOND_MODEL)
 
 test: $(STAMP)
 	$(PY) -m pytest tests -q

@@ -2,31 +2,77 @@
 
 Usage (what ``make book`` runs)::
 
-    python -m cna_utils.book --profile book --model smollm2-135m
-    python -m cna_utils.book --profile smoke --root /tmp/copy-of-the-book   # what the tests run
+    python -m cna_utils.book --profile book --model qwen2.5-coder-0.5b --second-model smollm2-135m
+    python -m cna_utils.book --profile smoke --model smollm2-135m --second-model smollm2-135m \
+        --root /tmp/copy-of-the-book                                         # what the tests run
 
 Each ``notebooks/NN_name.ipynb`` is executed into ``book/chapters/NN_name.ipynb`` (git-ignored)
 with the parameters PROFILE, MODEL and RESULTS_DIR (``book/results``); chapters 2-4 run once more
-with OP="/" (the division study) into ``NN_name_division.ipynb``; chapters that fail stop the
-build. Then ``jupyter-book build`` runs with warnings as errors into ``_build/html``.
+with OP="/" (the division study) into ``NN_name_division.ipynb``; chapters 1-4 run once more on the
+second model (the paper's Appendix C) into ``book/chapters/second/`` with their results under
+``book/results/second/``. When the second model is the main model (the smoke build), its pages are
+the main run's pages, said so on each page, instead of a second identical run. Chapters that fail
+stop the build. Then ``jupyter-book build`` runs with warnings as errors into ``_build/html``.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-__all__ = ["execute_notebooks", "write_pages", "build_html", "main", "DIVISION_CHAPTERS"]
+__all__ = ["execute_notebooks", "write_pages", "build_html", "main", "DIVISION_CHAPTERS", "SECOND_CHAPTERS",
+           "MAIN_MODEL", "SECOND_MODEL"]
+
+MAIN_MODEL = "qwen2.5-coder-0.5b"      # the model of `make book` (README: why this one)
+SECOND_MODEL = "smollm2-135m"          # the paper's Appendix C: the findings on a second model
 
 # Chapters run a second time with OP="/" (the paper's Appendix B, Tables 15-17), after the others,
 # into book/chapters/NN_name_division.ipynb.
 DIVISION_CHAPTERS = ("02", "03", "04")
+# Chapters run on the second model (the paper's Appendix C, Tables 18-21), into book/chapters/second/.
+SECOND_CHAPTERS = ("01", "02", "03", "04")
+SECOND = "second"
 
 
-def execute_notebooks(root: Path, profile: str, model: str, only: list[str] | None = None) -> list[Path]:
+def _second_banner(model: str, second: str, profile: str, stem: str, copied: bool) -> str:
+    chapter = int(stem[:2])
+    if copied:
+        return (f"**This page is the second-model appendix (the paper's Appendix C).** In this build the second "
+                f"model is the main model ({model}, profile {profile}), so the page repeats chapter {chapter}'s run "
+                f"instead of running it twice. Run the book with another `--second-model` for a second model's "
+                f"numbers.")
+    return (f"**This page is the second-model appendix (the paper's Appendix C).** The paper repeats its analyses "
+            f"on GPT-J (Tables 18-21); this page runs chapter {chapter} on {second} (profile {profile}), a model "
+            f"of another family and size than the book's main model ({model}). The prose is chapter {chapter}'s; "
+            f"every number and verdict on the page is the second model's.")
+
+
+def _prepend_markdown(path: Path, text: str) -> None:
+    import nbformat
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.insert(1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0, nbformat.v4.new_markdown_cell(text))
+    nbformat.write(nb, path)
+
+
+def _second_placeholders(src: list[Path], folder: Path) -> None:
+    """Pages that say the second-model appendix was not run (the table of contents lists them)."""
+    import nbformat
+    folder.mkdir(parents=True, exist_ok=True)
+    for nb in src:
+        if nb.name[:2] in SECOND_CHAPTERS and not (folder / nb.name).exists():
+            title = nbformat.read(nb, as_version=4).cells[0].source.splitlines()[0]
+            text = (f"{title} (second model)\n\nNot run in this build (`--second-model none`). "
+                    f"`make book SECOND_MODEL={SECOND_MODEL}` runs this chapter on a second model.")
+            nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(text)]), folder / nb.name)
+
+
+def execute_notebooks(root: Path, profile: str, model: str, only: list[str] | None = None,
+                      second_model: str | None = None) -> list[Path]:
     import papermill as pm
 
     from .analysis import study_results_name
@@ -40,18 +86,37 @@ def execute_notebooks(root: Path, profile: str, model: str, only: list[str] | No
     os.environ.setdefault("TQDM_DISABLE", "1")         # the kernels inherit it: no progress bars in the pages
     out_dir, results = root / "book" / "chapters", root / "book" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = [(nb, nb.name, {}) for nb in src]
-    runs += [(nb, study_results_name(nb.stem, "/") + ".ipynb", dict(OP="/")) for nb in src
+    runs = [(nb, out_dir, nb.name, results, model, {}) for nb in src]
+    runs += [(nb, out_dir, study_results_name(nb.stem, "/") + ".ipynb", results, model, dict(OP="/")) for nb in src
              if nb.name[:2] in DIVISION_CHAPTERS]
+    second = [nb for nb in src if second_model and nb.name[:2] in SECOND_CHAPTERS]
+    copied = second_model == model
+    if second and not copied:
+        runs += [(nb, out_dir / SECOND, nb.name, results / SECOND, second_model, {}) for nb in second]
     done = []
-    for nb, name, extra in runs:
+    for nb, out, name, res, m, extra in runs:
         t = time.time()
-        print(f"executing {name} (profile={profile}, model={model})", flush=True)
-        pm.execute_notebook(str(nb), str(out_dir / name), cwd=str(out_dir), progress_bar=False,
-                            parameters=dict(PROFILE=profile, MODEL=model, RESULTS_DIR=str(results.resolve()), **extra))
+        print(f"executing {out.relative_to(out_dir.parent) / name} (profile={profile}, model={m})", flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        pm.execute_notebook(str(nb), str(out / name), cwd=str(out), progress_bar=False,
+                            parameters=dict(PROFILE=profile, MODEL=m, RESULTS_DIR=str(res.resolve()), **extra))
         print(f"  {name}: {time.time() - t:.0f} s", flush=True)
-        _hide_injected_parameters(out_dir / name)
-        done.append(out_dir / name)
+        _hide_injected_parameters(out / name)
+        if out.name == SECOND:
+            _prepend_markdown(out / name, _second_banner(model, m, profile, name, copied=False))
+        done.append(out / name)
+    if not second_model:
+        _second_placeholders(src, out_dir / SECOND)
+    if second and copied:
+        (out_dir / SECOND).mkdir(exist_ok=True)
+        (results / SECOND).mkdir(exist_ok=True)
+        for nb in second:
+            shutil.copy(out_dir / nb.name, out_dir / SECOND / nb.name)
+            _prepend_markdown(out_dir / SECOND / nb.name, _second_banner(model, model, profile, nb.name, copied=True))
+            r = json.loads((results / f"{nb.stem}.json").read_text())
+            r["second_model_is_main_model"] = True
+            (results / SECOND / f"{nb.stem}.json").write_text(json.dumps(r, indent=2))
+            done.append(out_dir / SECOND / nb.name)
     return done
 
 
@@ -93,14 +158,17 @@ def build_html(root: Path) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="book", help="smoke | book | paper")
-    ap.add_argument("--model", default="smollm2-135m", help="built-in name, local path or Hugging Face id")
+    ap.add_argument("--model", default=MAIN_MODEL, help="built-in name, local path or Hugging Face id")
+    ap.add_argument("--second-model", default=SECOND_MODEL,
+                    help="the model of the second-model appendix (chapters 1-4 again); 'none' skips it")
     ap.add_argument("--root", default=".", help="the book's root folder (holds _config.yml)")
     ap.add_argument("--only", nargs="*", help="notebook name prefixes to execute, e.g. 01")
     ap.add_argument("--no-execute", action="store_true", help="only build the HTML from executed chapters")
     args = ap.parse_args(argv)
     root = Path(args.root).resolve()
     if not args.no_execute:
-        execute_notebooks(root, args.profile, args.model, args.only)
+        second = None if args.second_model in ("", "none") else args.second_model
+        execute_notebooks(root, args.profile, args.model, args.only, second)
     build_html(root)
 
 

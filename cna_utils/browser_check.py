@@ -51,9 +51,15 @@ def find_chromium(install: bool = True) -> str:
 def pages(html_dir: Path) -> list[Path]:
     """The pages a reader opens: the intro, every chapter and the generated pages."""
     found = [html_dir / "book" / "intro.html"]
-    found += sorted((html_dir / "book" / "chapters").glob("*.html"))
+    found += sorted((html_dir / "book" / "chapters").rglob("*.html"))        # appendix runs sit in subfolders
     found += sorted((html_dir / "book" / "_generated").glob("*.html"))
     return found
+
+
+def shot_name(html_dir: Path, page: Path) -> str:
+    """The screenshot's name: the page's path under book/, folders joined by "-" (chapters/second/01_x -> second-01_x)."""
+    rel = page.relative_to(html_dir / "book").with_suffix("")
+    return "-".join(rel.parts[1:] if rel.parts[0] in ("chapters", "_generated") else rel.parts)
 
 
 def _chromium(binary: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -117,7 +123,7 @@ def main(argv=None) -> int:
     todo = pages(html_dir)
     problems = []
     for page in todo:
-        found = check_page(binary, page, shots / (page.stem + ".png"))
+        found = check_page(binary, page, shots / (shot_name(html_dir, page) + ".png"))
         print(f"{'ok ' if not found else 'BAD'} {page.relative_to(html_dir)}", flush=True)
         problems += found
     if problems:

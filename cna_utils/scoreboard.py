@@ -17,8 +17,10 @@ import sys
 from pathlib import Path
 
 from .analysis import STUDIES, study_results_name
+from .paper import paper_table
 
-__all__ = ["claim", "verdict_markdown", "PAPER_ITEMS", "scoreboard_markdown", "write_scoreboard"]
+__all__ = ["claim", "verdict_markdown", "PAPER_ITEMS", "load_all", "item_rows", "totals", "scoreboard_markdown",
+           "write_scoreboard"]
 
 VERDICTS = ("replicates", "partly", "does not")
 
@@ -56,10 +58,10 @@ PAPER_ITEMS = [
     ("table_15", "the division head on 1D/ (Table 5 layout)", study_results_name("02_cna", "/")),
     ("table_16", "the division head on 1D/ (Table 6 layout)", study_results_name("03_prediction_enhancing_dag", "/")),
     ("table_17", "the division head on 1D/ (Table 8 layout)", study_results_name("04_hidden_interpretable_neurons", "/")),
-    ("table_18", "GPT-J: accuracy when ablating heads", None),
-    ("table_19", "GPT-J head 13_9 (Table 5 layout)", None),
-    ("table_20", "GPT-J (Table 6 layout)", None),
-    ("table_21", "GPT-J (Table 8 layout)", None),
+    ("table_18", "second model: accuracy when ablating heads (Table 1 layout)", "second/01_arithmetic_heads"),
+    ("table_19", "second model: mask / keep / coef (Table 5 layout)", "second/02_cna"),
+    ("table_20", "second model: zeroing the lowest top neuron (Table 6 layout)", "second/03_prediction_enhancing_dag"),
+    ("table_21", "second model: zero-shot search (Table 8 layout)", "second/04_hidden_interpretable_neurons"),
     ("table_22", "gender-bias prompts", "07_gender_bias"),
     ("table_23", "professions per gender", "07_gender_bias"),
     ("table_24", "top-5 heads per op, 1D/2D/3D (+)", "01_arithmetic_heads"),
@@ -92,12 +94,23 @@ SECTIONS = {
 }
 # The division study's tables sit in the same sections as the tables they repeat (Table 15 as Table 5).
 SECTIONS.update({item: SECTIONS[key] for key, item in STUDIES["/"]["items"].items()})
-NOT_COMPUTED = {
-    "table_18": "not run here: run chapter 1 with MODEL=EleutherAI/gpt-j-6b",
-    "table_19": "not run here: run chapter 2 with MODEL=EleutherAI/gpt-j-6b",
-    "table_20": "not run here: run chapter 3 with MODEL=EleutherAI/gpt-j-6b",
-    "table_21": "not run here: run chapter 4 with MODEL=EleutherAI/gpt-j-6b",
-}
+# The paper's second model (GPT-J, Appendix C) repeats Tables 1, 5, 6 and 8 as Tables 18-21; this book's
+# second model runs chapters 1-4 again, and its verdicts on those claims fill these rows.
+SECOND_SOURCE = {"table_18": "table_1", "table_19": "table_5", "table_20": "table_6", "table_21": "table_8"}
+SECTIONS.update({item: SECTIONS[key] for item, key in SECOND_SOURCE.items()})
+
+
+def second_model_paper(key: str) -> str:
+    """The paper's GPT-J numbers for one of Tables 18-21, read from paper_tables.yaml."""
+    t = paper_table(key)
+    rows, cols = t["rows"], t["columns"]
+    if key == "table_18":
+        i = min(range(1, len(cols)), key=lambda j: rows["all"][j])
+        return f"GPT-J: zeroing head {cols[i]} takes accuracy from {rows['all'][0]}% to {rows['all'][i]}%"
+    if key == "table_21":
+        return "GPT-J: accuracy decrease " + ", ".join(f"{c} {v}%" for c, v in zip(cols, rows["accuracy_decrease"])
+                                                        if v is not None)
+    return "GPT-J: top-99 " + ", ".join(f"{name} {vals[0]}%" for name, vals in rows.items())
 
 
 def _combined(verdicts: list[str]) -> str:
@@ -108,37 +121,65 @@ def _combined(verdicts: list[str]) -> str:
     return "partly"
 
 
-def scoreboard_markdown(results_dir) -> str:
-    """The scoreboard page (MyST markdown) from the chapters' results files."""
+def load_all(results_dir) -> dict:
+    """Every results file of a book build: ``{"02_cna": {...}, "second/02_cna": {...}, ...}``."""
     results_dir = Path(results_dir)
     loaded = {p.stem: json.loads(p.read_text()) for p in sorted(results_dir.glob("[0-9][0-9]_*.json"))}
-    profiles = sorted({r.get("profile", "?") for r in loaded.values()})
-    models = sorted({r.get("model", "?") for r in loaded.values()})
+    loaded.update({f"second/{p.stem}": json.loads(p.read_text())
+                   for p in sorted((results_dir / "second").glob("[0-9][0-9]_*.json"))})
+    return loaded
+
+
+def item_rows(loaded: dict) -> list[dict]:
+    """One row per paper item: its verdict (combined over the chapter's claims), the claims with the
+    paper's numbers, this run's numbers, the chapter and its section."""
+    out = []
+    for key, what, chapter in PAPER_ITEMS:
+        res = loaded.get(chapter) if chapter else None
+        rows = [r for r in (res or {}).get("verdicts", []) if r["item"] == SECOND_SOURCE.get(key, key)]
+        row = dict(key=key, label=key.replace("_", " ").capitalize(), what=what, chapter=chapter, ran=res is not None,
+                   anchor=f"#{SECTIONS[key]}" if key in SECTIONS else "", claims=[r["claim"] for r in rows],
+                   this_run=[r["this_run"] for r in rows],
+                   verdict=_combined([r["verdict"] for r in rows]) if rows else "not run")
+        if rows and key in SECOND_SOURCE:
+            row["claims"] = [second_model_paper(key), "the Llama-7B claims: " + row["claims"][0]] + row["claims"][1:]
+            row["this_run"][0] = f"{res.get('model', '?')}: {row['this_run'][0]}"
+        elif not rows:
+            row["this_run"] = ["no verdict recorded by the chapter" if res is not None else "chapter not run"]
+        out.append(row)
+    return out
+
+
+def totals(rows: list[dict]) -> str:
+    counts = {v: 0 for v in VERDICTS + ("not run",)}
+    for r in rows:
+        counts[r["verdict"]] += 1
+    return ", ".join(f"{v}: {n}" for v, n in counts.items())
+
+
+def scoreboard_markdown(results_dir) -> str:
+    """The scoreboard page (MyST markdown) from the chapters' results files."""
+    loaded = load_all(results_dir)
+    main = [r for k, r in loaded.items() if not k.startswith("second/")]
+    second_models = sorted({r.get("model", "?") for k, r in loaded.items() if k.startswith("second/")})
+    profiles = sorted({r.get("profile", "?") for r in main})
+    models = sorted({r.get("model", "?") for r in main})
     out = ["# Replication scoreboard", "",
            "Every table and figure of the paper, with the paper's Llama-7B claim, this book's number for "
            f"{', '.join(models) or 'the default model'} (profile {', '.join(profiles) or 'none'}), the chapter "
            "it comes from and a verdict. The page is written from the results files the chapters save "
-           "when they run; a chapter that has not run shows \"not run\".", "",
+           "when they run; a chapter that has not run shows \"not run\". Tables 18-21 are the paper's second "
+           "model (GPT-J); here they are chapters 1-4 run again on "
+           f"{', '.join(second_models) or 'a second model (not run in this build)'}, with the verdicts of those "
+           "chapters' Table 1, 5, 6 and 8 claims and GPT-J's numbers beside them.", "",
            "| item | what | paper's claim | this run | verdict | chapter |", "|---|---|---|---|---|---|"]
-    counts = {v: 0 for v in VERDICTS + ("not run",)}
-    for key, what, chapter in PAPER_ITEMS:
-        label = key.replace("_", " ").capitalize()
-        res = loaded.get(chapter) if chapter else None
-        rows = [r for r in (res or {}).get("verdicts", []) if r["item"] == key]
-        anchor = f"#{SECTIONS[key]}" if key in SECTIONS else ""
-        link = f"[{chapter}](../chapters/{chapter}.ipynb{anchor})" if chapter and res else (chapter or "-")
-        if rows:
-            verdict = _combined([r["verdict"] for r in rows])
-            claims = "; ".join(r["claim"] for r in rows)
-            ours = "; ".join(r["this_run"] for r in rows)
-        else:
-            verdict = "not run"
-            claims = "-"
-            ours = NOT_COMPUTED.get(key) or ("no verdict recorded by the chapter" if chapter in loaded
-                                             else "chapter not run")
-        counts[verdict] += 1
-        out.append(f"| {label} | {what} | {claims} | {ours} | **{verdict}** | {link} |")
-    out += ["", "**Totals:** " + ", ".join(f"{v}: {n}" for v, n in counts.items()), ""]
+    rows = item_rows(loaded)
+    for r in rows:
+        chapter = r["chapter"]
+        link = f"[{chapter}](../chapters/{chapter}.ipynb{r['anchor']})" if r["ran"] else (chapter or "-")
+        out.append(f"| {r['label']} | {r['what']} | {'; '.join(r['claims']) or '-'} | {'; '.join(r['this_run'])} "
+                   f"| **{r['verdict']}** | {link} |")
+    out += ["", "**Totals:** " + totals(rows), ""]
     return "\n".join(out)
 
 

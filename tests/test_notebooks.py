@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cna_utils.book import DIVISION_CHAPTERS
+from cna_utils.book import DIVISION_CHAPTERS, SECOND_CHAPTERS
 from cna_utils.weights import WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,8 @@ def smoke_book(tmp_path_factory):
     shutil.copytree(ROOT / "book", root / "book", ignore=shutil.ignore_patterns("chapters", "results", "_generated"))
     if (ROOT / "bench" / "results").exists():
         shutil.copytree(ROOT / "bench" / "results", root / "bench" / "results")
-    subprocess.run([sys.executable, "-m", "cna_utils.book", "--profile", "smoke", "--root", str(root)], check=True)
+    subprocess.run([sys.executable, "-m", "cna_utils.book", "--profile", "smoke", "--model", "smollm2-135m",
+                    "--second-model", "smollm2-135m", "--root", str(root)], check=True)
     return root
 
 
@@ -104,11 +105,13 @@ def test_book_in_a_real_browser(smoke_book):
     shots = smoke_book / "_build" / "screenshots"
     assert browser_check.main([str(smoke_book / "_build" / "html"), "--screenshots", str(shots)]) == 0
     pages = browser_check.pages(smoke_book / "_build" / "html")
-    # intro, chapters, the division study's chapters, scoreboard, performance, models
-    assert len(pages) == 1 + len(NOTEBOOKS) + len(DIVISION_CHAPTERS) + 3
+    # intro, chapters, the division study's chapters, the second model's, scoreboard, performance, models
+    assert len(pages) == 1 + len(NOTEBOOKS) + len(DIVISION_CHAPTERS) + len(SECOND_CHAPTERS) + 3
     models = next(p for p in pages if p.stem == "models").read_text()
     assert WEIGHTS["qwen2.5-coder-1.5b"]["sha256"] in models and "<table" in models   # the exact weights, as tables
-    assert all((shots / f"{p.stem}.png").stat().st_size > 10_000 for p in pages)
+    html = smoke_book / "_build" / "html"
+    assert all((shots / f"{browser_check.shot_name(html, p)}.png").stat().st_size > 10_000 for p in pages)
+    assert len({browser_check.shot_name(html, p) for p in pages}) == len(pages)     # no screenshot overwrites another
 
 
 def test_scoreboard_lists_every_paper_item(smoke_book):
@@ -134,6 +137,37 @@ def test_division_study_runs_chapters_2_to_4_again(smoke_book):
     assert heads == {ch1["table_2"]["top_heads"]["/"]}
     board = (smoke_book / "book" / "_generated" / "scoreboard.md").read_text()
     assert "02_cna_division" in board
+
+
+def test_second_model_pages_and_scoreboard_rows(smoke_book):
+    """Chapters 1-4 have second-model pages (here the main run's: the smoke build's two models are one),
+    and the scoreboard fills Tables 18-21 from their Table 1/5/6/8 verdicts beside GPT-J's numbers."""
+    html = smoke_book / "_build" / "html" / "book" / "chapters" / "second"
+    for nb in NOTEBOOKS:
+        if nb.name[:2] in SECOND_CHAPTERS:
+            page = (html / f"{nb.stem}.html").read_text()
+            assert "Appendix C" in page and "repeats chapter" in page and "Traceback" not in page
+            r = json.loads((smoke_book / "book" / "results" / "second" / f"{nb.stem}.json").read_text())
+            assert r["second_model_is_main_model"] is True
+    board = (smoke_book / "book" / "_generated" / "scoreboard.md").read_text()
+    rows = {line.split(" | ")[0].strip("| "): line for line in board.splitlines() if line.startswith("| Table")}
+    assert "GPT-J: zeroing head 7_0 takes accuracy from 74.5% to 63.6%" in rows["Table 18"]
+    assert "GPT-J: top-99 mask 58.4%, keep 37.5%, coef 17%" in rows["Table 19"]
+    for key in ("Table 18", "Table 19", "Table 20", "Table 21"):
+        assert "second/0" in rows[key] and "**not run**" not in rows[key], rows[key]
+
+
+def test_scoreboard_reads_second_model_verdicts(tmp_path):
+    from cna_utils.scoreboard import scoreboard_markdown
+    (tmp_path / "second").mkdir()
+    verdict = dict(item="table_5", claim="c", paper="", this_run="mask 40%", verdict="partly")
+    (tmp_path / "second" / "02_cna.json").write_text(json.dumps(dict(model="m2", profile="book", verdicts=[verdict])))
+    (tmp_path / "02_cna.json").write_text(json.dumps(dict(model="m1", profile="book", verdicts=[])))
+    board = scoreboard_markdown(tmp_path)
+    row = next(line for line in board.splitlines() if line.startswith("| Table 19 |"))
+    assert "m2: mask 40%" in row and "**partly**" in row and "second/02_cna.ipynb#table-5" in row
+    assert "**not run**" in next(line for line in board.splitlines() if line.startswith("| Table 18 |"))
+    assert "chapters 1-4 run again on m2" in board
 
 
 def test_browser_check_sees_unrendered_and_truncated_tables():

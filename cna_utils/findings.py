@@ -1,0 +1,109 @@
+"""The "what we found" table that opens the README and the intro, written from the committed results of
+the last full run (``results/<model>/<profile>/``, a copy of a build's ``book/results/``).
+
+    python -m cna_utils.findings --save book/results      # copy a build's results under results/<model>/<profile>/
+    python -m cna_utils.findings                          # rewrite the tables in README.md and book/intro.md
+    python -m cna_utils.findings --check                  # exit 1 when they differ from the committed results
+
+The table sits between two marker lines in each file; a test runs ``--check``.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from .scoreboard import item_rows, load_all, totals
+
+__all__ = ["RESULTS", "findings_markdown", "save_run", "update", "main"]
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results" / "qwen2.5-coder-0.5b" / "book"       # the last full `make book` run
+PAGES = (ROOT / "README.md", ROOT / "book" / "intro.md")
+BEGIN = "<!-- findings: written by `python -m cna_utils.findings` from the committed results; do not edit -->"
+END = "<!-- findings end -->"
+
+
+def _run_line(loaded: dict) -> str:
+    main = [r for k, r in loaded.items() if not k.startswith("second/")]
+    first = main[0]["run"]
+    w = first.get("weights") or {}
+    minutes = sum(r["run"]["seconds"] for r in loaded.values()) / 60
+    commits = sorted({str(r["run"].get("code_commit") or "?")[:7] for r in loaded.values()})
+    second = sorted({r["run"]["model"] for k, r in loaded.items() if k.startswith("second/")})
+    return (f"Run: {first['model']}" + (f" ({w['quantization'].split(' (')[0]}, SHA-256 {w['sha256'][:12]}...)" if w else "")
+            + f", profile `{first['profile']}`" + (f", second model {', '.join(second)}" if second else "")
+            + f"; {len(loaded)} chapter runs, {minutes:.0f} min on {first['torch_threads']} CPU threads in all; "
+            f"code {', '.join(commits)}; {max(r['run']['date'] for r in loaded.values())[:10]}.")
+
+
+def findings_markdown(results_dir=RESULTS) -> str:
+    """One row per paper item this run checked: the paper's claim (its first one), this run's number,
+    the verdict over all of the item's claims; then the totals and where the rest is."""
+    loaded = load_all(results_dir)
+    if not loaded:
+        raise FileNotFoundError(f"no results under {results_dir}: run `make book`, then "
+                                f"`python -m cna_utils.findings --save book/results`")
+    rows = item_rows(loaded)
+    out = [_run_line(loaded), "", "| paper item | the paper's claim | this run | verdict |", "|---|---|---|---|"]
+    out += [f"| {r['label']} | {r['claims'][0]} | {r['this_run'][0]} | {r['verdict']} |"
+            for r in rows if r["verdict"] != "not run"]
+    out += ["", f"Totals over the paper's {len(rows)} tables and figures: {totals(rows)}. Every claim, with all of "
+            "its numbers, is on the replication scoreboard page of the book."]
+    return "\n".join(out)
+
+
+def save_run(build_results, dest_root=ROOT / "results") -> Path:
+    """Copy a build's results files (not its caches) to ``results/<model>/<profile>/``."""
+    build_results = Path(build_results)
+    loaded = load_all(build_results)
+    main = [r for k, r in loaded.items() if not k.startswith("second/")]
+    if not main:
+        raise FileNotFoundError(f"no results files under {build_results}")
+    dest = Path(dest_root) / main[0]["run"]["model"] / main[0]["run"]["profile"]
+    for name in loaded:
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(build_results / f"{name}.json", dest / f"{name}.json")
+    return dest
+
+
+def _replace_block(text: str, table: str, path: Path) -> str:
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"{path} has no findings block: add the lines {BEGIN!r} and {END!r} where the table goes")
+    head, rest = text.split(BEGIN, 1)
+    return head + BEGIN + "\n" + table + "\n" + END + rest.split(END, 1)[1]
+
+
+def update(results_dir=RESULTS, pages=PAGES, check: bool = False) -> list[Path]:
+    """Rewrite the findings block of each page (``check``: only list the pages whose block differs)."""
+    table = findings_markdown(results_dir)
+    stale = []
+    for path in pages:
+        text = Path(path).read_text()
+        new = _replace_block(text, table, Path(path))
+        if new != text:
+            stale.append(Path(path))
+            if not check:
+                Path(path).write_text(new)
+    return stale
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="change nothing; exit 1 when a page's table is stale")
+    ap.add_argument("--save", metavar="BUILD_RESULTS", help="first copy a build's results (e.g. book/results)")
+    ap.add_argument("--results", default=None, help=f"committed results to read (default {RESULTS.relative_to(ROOT)})")
+    args = ap.parse_args(argv)
+    results = Path(args.results) if args.results else RESULTS
+    if args.save:
+        results = save_run(args.save)
+        print(f"results copied to {results}")
+    stale = update(results, check=args.check)
+    for path in stale:
+        print(f"{path}: {'differs from' if args.check else 'rewritten from'} {results}")
+    return 1 if args.check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
