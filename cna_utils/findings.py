@@ -32,10 +32,19 @@ def _run_line(loaded: dict) -> str:
     minutes = sum(r["run"]["seconds"] for r in loaded.values()) / 60
     commits = sorted({str(r["run"].get("code_commit") or "?")[:7] for r in loaded.values()})
     second = sorted({r["run"]["model"] for k, r in loaded.items() if k.startswith("second/")})
+    times = ", ".join(f"{_short(k)} {r['run']['seconds'] / 60:.1f}" for k, r in loaded.items())
     return (f"Run: {first['model']}" + (f" ({w['quantization'].split(' (')[0]}, SHA-256 {w['sha256'][:12]}...)" if w else "")
             + f", profile `{first['profile']}`" + (f", second model {', '.join(second)}" if second else "")
-            + f"; {len(loaded)} chapter runs, {minutes:.0f} min on {first['torch_threads']} CPU threads in all; "
-            f"code {', '.join(commits)}; {max(r['run']['date'] for r in loaded.values())[:10]}.")
+            + f"; code {', '.join(commits)}; {max(r['run']['date'] for r in loaded.values())[:10]}. "
+            f"Minutes per chapter run on {first['torch_threads']} CPU threads (chN/: the division study, C.N: the "
+            f"second model): {times}; {minutes:.0f} min in all.")
+
+
+def _short(name: str) -> str:
+    """"05_lora" -> "ch5", "02_cna_division" -> "ch2/" (the division study), "second/01_arithmetic_heads" -> "C.1"."""
+    if name.startswith("second/"):
+        return f"C.{int(name[7:9])}"
+    return f"ch{int(name[:2])}" + ("/" if name.endswith("_division") else "")
 
 
 def findings_markdown(results_dir=RESULTS) -> str:
