@@ -107,21 +107,30 @@ def lora_coefficients(model, tokenizer, cases, res: "CNAResult", runs: dict, ks=
     return torch.stack(table), pd.DataFrame(rows)
 
 
-def lora_cna(model, tokenizer, cases, adapter, layers=None, progress: bool = False, scale: str = "original"):
-    """CNA between a LoRA model and the original for each case's first answer token: returns
-    ``(imp_lora, imp_ori, tr_lora, tr_ori)`` (scores [cases, layers, neurons]; traces with
-    ``resid_mid`` and ``coef`` of ``layers``). ``scale="original"`` (default, as the authors' code
-    and the head CNA do) freezes both models' final norm at the ORIGINAL model's statistics;
-    ``scale="own"`` freezes each model's at its own final residual."""
+def lora_cna(model, tokenizer, cases, adapter, layers=None, progress: bool = False, scale: str = "original",
+             target: str = "prediction"):
+    """CNA between a LoRA model and the original: returns ``(imp_lora, imp_ori, tr_lora, tr_ori)``
+    (scores [cases, layers, neurons]; traces with ``resid_mid`` and ``coef`` of ``layers``).
+    ``target="prediction"`` (default, as the authors' CNA code) scores each case's answer as the
+    ORIGINAL model's top-1 token at the last position; ``target="gold"`` scores the first token of
+    the gold answer (the two differ only where the original model is wrong). ``scale="original"``
+    (default, as the authors' code and the head CNA) freezes both models' final norm at the ORIGINAL
+    model's statistics; ``scale="own"`` freezes each model's at its own final residual. Below the
+    LoRA layer both models compute the same thing, so at the original's scale the two scores are
+    equal there (tested): pass ``layers`` from the LoRA layer up to skip that work."""
     if scale not in ("original", "own"):
         raise ValueError(f"scale must be 'original' (the authors' choice) or 'own', got {scale!r}")
+    if target not in ("prediction", "gold"):
+        raise ValueError(f"target must be 'prediction' (the original model's top-1, the authors' choice) or 'gold', "
+                         f"got {target!r}")
     from .lora import lora_applied
     keep = ("resid_mid", "coef")
     tr_ori = trace(model, tokenizer, cases, layers=layers, keep=keep)
     with lora_applied(model, adapter):
         tr_lora = trace(model, tokenizer, cases, layers=layers, keep=keep)
-    imp_ori, imp_lora = importance_scores(model, [tr_ori, tr_lora], [c.answer_ids[0] for c in cases],
-                                          shared_norm=scale == "original", progress=progress)
+    targets = tr_ori.logits.argmax(-1) if target == "prediction" else [c.answer_ids[0] for c in cases]
+    imp_ori, imp_lora = importance_scores(model, [tr_ori, tr_lora], targets, shared_norm=scale == "original",
+                                          progress=progress)
     return imp_lora, imp_ori, tr_lora, tr_ori
 
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    keep = union_top_neurons(score, n_per_case=65, layers=deep)   # {layer: [neuron, ...]}
+    keep = union_top_neurons(score, n_per_case=166, layers=scored, within=deep)   # {layer: [neuron, ...]}
     small = prune_ffn(copy.deepcopy(model), keep)                  # every other neuron of those layers removed
     ffn_parameters(small, deep), ffn_parameters(model, deep)
     rnd = random_keep(keep, d_mlp=1536, seed=0)                    # the same count per layer, at random
@@ -89,22 +89,28 @@ def kept_count(keep: dict) -> int:
     return sum(len(v) for v in keep.values())
 
 
-def union_top_neurons(score: torch.Tensor, n_per_case: int, layers) -> dict:
-    """The union over cases of each case's ``n_per_case`` highest-scoring neurons among ``layers``.
+def union_top_neurons(score: torch.Tensor, n_per_case: int, layers, within=None) -> dict:
+    """The union over cases of each case's ``n_per_case`` highest-scoring neurons among ``layers``,
+    returned for the layers in ``within`` (default: all of ``layers``). The paper ranks each case's
+    top-500 over every layer and then prunes only the deep layers: ``within=deep``.
 
-    ``score``: [cases, len(layers), neurons] (e.g. a CNA score restricted to the deep layers).
-    Returns ``{layer: sorted neuron indices}`` with an entry for every layer (possibly empty)."""
+    ``score``: [cases, len(layers), neurons] (e.g. a CNA score).
+    Returns ``{layer: sorted neuron indices}`` with an entry for every layer of ``within`` (possibly empty)."""
     layers = list(layers)
+    within = layers if within is None else list(within)
     if score.dim() != 3 or score.shape[1] != len(layers):
         raise ValueError(f"score must be [cases, {len(layers)} layers, neurons], got {tuple(score.shape)}")
     if n_per_case < 1:
         raise ValueError(f"n_per_case must be >= 1, got {n_per_case}")
+    if not set(within) <= set(layers):
+        raise ValueError(f"within={sorted(set(within) - set(layers))} are not among the scored layers")
     B, L, N = score.shape
     idx = score.reshape(B, -1).topk(min(n_per_case, L * N), dim=-1).indices.flatten().unique()
-    keep = {l: [] for l in layers}
+    keep = {l: [] for l in within}
     for flat in idx.tolist():
         li, k = divmod(flat, N)
-        keep[layers[li]].append(k)
+        if layers[li] in keep:
+            keep[layers[li]].append(k)
     return {l: sorted(v) for l, v in keep.items()}
 
 

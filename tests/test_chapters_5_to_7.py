@@ -1,6 +1,7 @@
 """Single-layer LoRA, real pruning and the gender-bias metric (chapters 5-7), on every tiny family
 and on the real model."""
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -10,7 +11,7 @@ from safetensors.torch import load_file
 import cna_utils as cu
 from cna_utils import bias as gb
 from cna_utils import lora, prune
-from conftest import FAMILIES, PadTokenizer, make_model, random_cases
+from conftest import FAMILIES, VOCAB, PadTokenizer, make_model, random_cases
 
 TOK = PadTokenizer()
 
@@ -129,6 +130,10 @@ def test_pruning_helpers():
     score[0, 0, 3], score[0, 1, 1], score[1, 1, 1], score[1, 1, 4] = 5, 4, 3, 2
     keep = prune.union_top_neurons(score, 2, layers=[7, 9])
     assert keep == {7: [3], 9: [1, 4]} and prune.kept_count(keep) == 3
+    assert prune.union_top_neurons(score, 2, layers=[7, 9], within=[9]) == {9: [1, 4]}   # ranked over both layers
+    assert prune.union_top_neurons(score, 1, layers=[7, 9], within=[9]) == {9: [1]}      # case 0's top-1 is in layer 7
+    with pytest.raises(ValueError, match="not among the scored layers"):
+        prune.union_top_neurons(score, 2, layers=[7, 9], within=[8])
     rnd = prune.random_keep(keep, 5, seed=0)
     assert {l: len(v) for l, v in rnd.items()} == {7: 1, 9: 2}
     model = make_model("llama-mha")
@@ -197,6 +202,19 @@ def test_lora_coefficients_identities(tmp_path):
     torch.testing.assert_close(imp_ori, own_ori)                    # the original is scored at its own scale either way
     assert torch.equal(imp_lora[:, 0], imp_ori[:, 0])               # below the LoRA layer, at the original's scale: equal
     assert not torch.allclose(own_lora[:, 0], own_ori[:, 0])        # at the LoRA model's own scale: not
+    _, _, tr_l, tr_o = an.lora_cna(model, TOK, cases, moved, layers=[0, 1, 2])
+    preds = tr_o.logits.argmax(-1)                                  # the default target: the original's top-1
+    ref_o, ref_l = cu.importance_scores(model, [tr_o, tr_l], preds, shared_norm=True)
+    assert torch.equal(imp_ori, ref_o) and torch.equal(imp_lora, ref_l)
+    wrong = [dataclasses.replace(c, answer_ids=((c.answer_ids[0] + 1) % VOCAB,)) for c in cases]   # answers it does not give
+    assert any(int(p) != c.answer_ids[0] for p, c in zip(preds, wrong))
+    gold_lora, gold_ori, _, _ = an.lora_cna(model, TOK, wrong, moved, layers=[0, 1, 2], target="gold")
+    ref_o, ref_l = cu.importance_scores(model, [tr_o, tr_l], [c.answer_ids[0] for c in wrong], shared_norm=True)
+    assert torch.equal(gold_ori, ref_o) and torch.equal(gold_lora, ref_l)
+    pred_lora, _, _, _ = an.lora_cna(model, TOK, wrong, moved, layers=[0, 1, 2])
+    assert torch.equal(pred_lora, imp_lora)                         # the prediction does not depend on the gold answer
+    with pytest.raises(ValueError, match="target must be"):
+        an.lora_cna(model, TOK, cases, moved, target="answer")
     coefs, _ = an.lora_coefficients(model, TOK, cases, res, {1: moved}, ks=(6,))
     for i in range(len(cases)):
         layer = torch.tensor(res.top(6, case=i).layer.values)
