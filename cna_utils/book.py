@@ -25,7 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["execute_notebooks", "write_pages", "build_html", "main", "DIVISION_CHAPTERS", "SECOND_CHAPTERS",
+__all__ = ["execute_notebooks", "write_pages", "build_html", "main", "repository_url", "set_repository",
+           "DIVISION_CHAPTERS", "SECOND_CHAPTERS",
            "MAIN_MODEL", "SECOND_MODEL"]
 
 MAIN_MODEL = "qwen2.5-coder-0.5b"      # the model of `make book` (README: why this one)
@@ -145,6 +146,36 @@ def write_pages(root: Path) -> None:
     write_models_page(root / "bench" / "results", out / "models.md")
 
 
+def repository_url(root: Path) -> str:
+    """The repository URL: ``repository.url`` in _config.yml, the one place it is set."""
+    import yaml
+    return yaml.safe_load((root / "_config.yml").read_text())["repository"]["url"].rstrip("/")
+
+
+def repository_files(root: Path) -> list[Path]:
+    """The files that name the repository: _config.yml and every notebook (Colab badge, install line)."""
+    return [root / "_config.yml"] + sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def set_repository(root: Path, url: str) -> list[Path]:
+    """Point every badge, button and install line at ``url`` (a fork, say): rewrites the files of
+    ``repository_files`` where they name the current ``repository_url``."""
+    import re
+    if not re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", url.rstrip("/")):
+        raise ValueError(f"give the repository as https://github.com/OWNER/NAME, got {url!r}")
+    old, url = repository_url(root), url.rstrip("/")
+    old_path, new_path = old.split("github.com/")[1], url.split("github.com/")[1]
+    changed = []
+    for f in repository_files(root):
+        text = f.read_text()
+        new = text.replace(old, url).replace(f"colab.research.google.com/github/{old_path}/",
+                                              f"colab.research.google.com/github/{new_path}/")
+        if new != text:
+            f.write_text(new)
+            changed.append(f)
+    return changed
+
+
 def build_html(root: Path) -> None:
     write_pages(root)
     cmd = [sys.executable, "-m", "jupyter_book", "build", str(root), "-W", "-n", "--keep-going"]
@@ -164,8 +195,14 @@ def main(argv=None) -> None:
     ap.add_argument("--root", default=".", help="the book's root folder (holds _config.yml)")
     ap.add_argument("--only", nargs="*", help="notebook name prefixes to execute, e.g. 01")
     ap.add_argument("--no-execute", action="store_true", help="only build the HTML from executed chapters")
+    ap.add_argument("--set-repository", metavar="URL",
+                    help="point every badge, button and install line at URL (https://github.com/OWNER/NAME) and stop")
     args = ap.parse_args(argv)
     root = Path(args.root).resolve()
+    if args.set_repository:
+        for f in set_repository(root, args.set_repository):
+            print(f"rewrote {f.relative_to(root)}")
+        return
     if not args.no_execute:
         second = None if args.second_model in ("", "none") else args.second_model
         execute_notebooks(root, args.profile, args.model, args.only, second)

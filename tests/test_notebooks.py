@@ -178,3 +178,24 @@ def test_browser_check_sees_unrendered_and_truncated_tables():
     cut = "<table><tr><td>1</td><td>...</td><td>3</td></tr></table><p>12 rows × 22 columns</p>"
     assert "truncated table" in text_problems(cut)[0]
     assert text_problems("<table><tr><td>1</td></tr></table><p>12 rows × 22 columns</p>") == []
+
+
+def test_every_badge_and_install_line_names_the_configured_repository(tmp_path):
+    import re
+
+    from cna_utils.book import repository_files, repository_url, set_repository
+    url = repository_url(ROOT)
+    path = url.split("github.com/")[1]
+    for f in repository_files(ROOT)[1:]:
+        text = f.read_text()
+        named = set(re.findall(r"github\.com/([\w.-]+/[\w.-]+?)(?:/|\"|\\|\)|$)", text))
+        assert named == {path}, (f.name, named)
+        assert f"colab.research.google.com/github/{path}/blob/main/notebooks/{f.name}" in text
+        assert f'"cna_utils @ git+{url}' in text.replace('\\"', '"')
+    shutil.copy(ROOT / "_config.yml", tmp_path / "_config.yml")
+    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+    changed = set_repository(tmp_path, "https://github.com/someone/fork")
+    assert len(changed) == 1 + len(NOTEBOOKS) and repository_url(tmp_path) == "https://github.com/someone/fork"
+    assert not any(path in f.read_text() for f in changed)
+    with pytest.raises(ValueError, match="OWNER/NAME"):
+        set_repository(tmp_path, "github.com/x")
