@@ -6,8 +6,9 @@ Usage::
 
 For the intro, every chapter and the generated pages, Chromium loads the page from disk, runs its
 scripts and dumps the resulting DOM; the check fails on a page that does not load, an image that
-does not exist, a Python traceback in the text, markdown table syntax left unrendered, or a table
-pandas truncated. It saves a screenshot of each page. Chromium is
+does not exist, a Python traceback in the text, markdown table syntax left unrendered, a table
+pandas truncated, math that MathJax did not typeset (the book ships MathJax: it must render offline),
+or a link to a page or section of the book that does not exist. It saves a screenshot of each page. Chromium is
 Debian's ``chromium`` package; when it is missing the check installs it with apt-get (as root, or
 through sudo) and says what to do if that is not possible.
 """
@@ -23,7 +24,7 @@ import sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-__all__ = ["find_chromium", "pages", "check_page", "text_problems", "main"]
+__all__ = ["find_chromium", "pages", "check_page", "text_problems", "math_problems", "link_problems", "main"]
 
 NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -82,6 +83,32 @@ def text_problems(dom: str) -> list[str]:
     return found
 
 
+def math_problems(dom: str) -> list[str]:
+    """Math the page has (Sphinx marks it class="math") that MathJax did not typeset (no mjx-container)."""
+    n_math = len(re.findall(r"class=\"math[ \"]", dom))
+    if n_math and "<mjx-container" not in dom:
+        return [f"{n_math} math elements not typeset: MathJax did not run (is _static/mathjax in the build?)"]
+    return []
+
+
+def link_problems(dom: str, page: Path) -> list[str]:
+    """Links to files of the build that do not exist, or to a section id their page does not have."""
+    found = []
+    for href in sorted(set(re.findall(r"<a\b[^>]*\bhref=\"([^\"]+)\"", dom))):
+        parsed = urlparse(html.unescape(href))
+        if parsed.scheme or href.startswith(("//", "mailto:", "javascript:")):
+            continue
+        target = (page.parent / unquote(parsed.path)).resolve() if parsed.path else page.resolve()
+        if target.is_dir():
+            target = target / "index.html"
+        if not target.exists():
+            found.append(f"link {href}: {target.name} is not in the build")
+        elif parsed.fragment and target.suffix == ".html" and \
+                not re.search(rf"\bid=\"{re.escape(unquote(parsed.fragment))}\"", target.read_text(errors="replace")):
+            found.append(f"link {href}: no section #{parsed.fragment} on {target.name}")
+    return found
+
+
 def check_page(binary: str, page: Path, shot: Path) -> list[str]:
     """Problems found on one page (empty list: the page is fine)."""
     if not page.exists():
@@ -95,7 +122,7 @@ def check_page(binary: str, page: Path, shot: Path) -> list[str]:
     text = html.unescape(re.sub(r"<[^>]+>", " ", dom))
     if "Traceback (most recent call last)" in text or re.search(r"\b\w+Error\s*Traceback", text):
         problems.append(f"{page.name}: a Python traceback is in the page")
-    problems += [f"{page.name}: {p}" for p in text_problems(dom)]
+    problems += [f"{page.name}: {p}" for p in text_problems(dom) + math_problems(dom) + link_problems(dom, page)]
     for src in re.findall(r"<img[^>]+src=\"([^\"]+)\"", dom):
         if src.startswith(("data:", "http://", "https://")):
             continue

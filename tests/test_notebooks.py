@@ -199,3 +199,17 @@ def test_every_badge_and_install_line_names_the_configured_repository(tmp_path):
     assert not any(path in f.read_text() for f in changed)
     with pytest.raises(ValueError, match="OWNER/NAME"):
         set_repository(tmp_path, "github.com/x")
+
+
+def test_browser_check_sees_untypeset_math_and_broken_links(tmp_path):
+    from cna_utils.browser_check import link_problems, math_problems
+    assert "not typeset" in math_problems('<span class="math notranslate nohighlight">\\(a_k\\)</span>')[0]
+    assert math_problems('<span class="math notranslate"><mjx-container jax="CHTML"></mjx-container></span>') == []
+    assert math_problems("<p>no math</p>") == []
+    (tmp_path / "other.html").write_text('<h2 id="sec">Sec</h2>')
+    page = tmp_path / "page.html"
+    dom = ('<a href="other.html#sec">ok</a><a href="https://example.org/x">out</a><a href="#top">top</a>'
+           '<a href="missing.html">gone</a><a href="other.html#nope">bad anchor</a><p id="top"></p>')
+    page.write_text(dom)
+    found = link_problems(dom, page)
+    assert len(found) == 2 and "missing.html is not in the build" in found[0] and "no section #nope" in found[1]
