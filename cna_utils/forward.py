@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .hooks import attached, post
 from .models import _family, _get, base_model, layers, unembed
 
 __all__ = ["Batch", "length_batches", "encode", "hidden_at_answers", "answer_logits", "score", "start_at_layer", "model_device"]
@@ -108,22 +109,21 @@ def start_at_layer(model, layer: int):
     full = layers(model)
     cfg = model.config
     layer_types = getattr(cfg, "layer_types", None)
-    handle = None
+    if fam.position_embedding is not None and layer == 0:
+        raise ValueError("start_at_layer(model, 0) needs token ids, not a residual: run the model normally")
+    # the residual given already holds the position embedding: the embedding layer adds none again
+    zero_pos = [] if fam.position_embedding is None else \
+        [post(_get(model, fam.position_embedding), lambda m, i, o: torch.zeros_like(o))]
     setattr(parent, attr, nn.ModuleList(list(full)[layer:]))
     try:
         if layer_types is not None:
             cfg.layer_types = list(layer_types)[layer:]
-        if fam.position_embedding is not None and layer > 0:
-            handle = _get(model, fam.position_embedding).register_forward_hook(lambda m, i, o: torch.zeros_like(o))
-        elif fam.position_embedding is not None:
-            raise ValueError("start_at_layer(model, 0) needs token ids, not a residual: run the model normally")
-        yield
+        with attached(zero_pos):
+            yield
     finally:
         setattr(parent, attr, full)
         if layer_types is not None:
             cfg.layer_types = layer_types
-        if handle is not None:
-            handle.remove()
 
 
 def hidden_at_answers(model, batch: Batch, start_layer: int = 0, resid: torch.Tensor | None = None) -> torch.Tensor:

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from .data import align
 from .evaluate import summarize
 from .forward import answer_logits, encode, length_batches, model_device, score
+from .hooks import attached, capture_input, pre
 from .models import layers, model_label, o_proj, parameter_sums, parse_pair, spec, weight_out_in
 
 __all__ = ["ablate_heads", "head_means", "zeroed_in_weights", "head_sweep", "parse_heads", "head_name"]
@@ -88,17 +89,14 @@ def ablate_heads(model, heads, method: str = "zero", means: torch.Tensor | None 
     by_layer: dict[int, list[int]] = {}
     for l, h in parse_heads(model, heads):
         by_layer.setdefault(l, []).append(h)
-    handles = []
-    try:
-        for l, hs in by_layer.items():
-            mask = torch.ones(1, s.n_heads, device=model_device(model))
-            mask[0, hs] = 0
-            mu = means[l].to(mask.device) if method == "mean" else None
-            handles.append(o_proj(model, l).register_forward_pre_hook(_mask_hook(s.n_heads, s.head_dim, mask, mu)))
+    hooks = []
+    for l, hs in by_layer.items():
+        mask = torch.ones(1, s.n_heads, device=model_device(model))
+        mask[0, hs] = 0
+        mu = means[l].to(mask.device) if method == "mean" else None
+        hooks.append(pre(o_proj(model, l), _mask_hook(s.n_heads, s.head_dim, mask, mu)))
+    with attached(hooks):
         yield model
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @contextmanager
@@ -120,17 +118,6 @@ def zeroed_in_weights(model, heads):
                 w[:, cols] = old
 
 
-def _capture_pre(module_list, store: dict, what):
-    """Register pre-hooks on {layer: module}; store[layer] = what(input tensor)."""
-    handles = []
-    for l, mod in module_list.items():
-        def hook(m, args, kwargs, l=l):
-            x = args[0] if args else kwargs["hidden_states"]
-            store[l] = what(x)
-        handles.append(mod.register_forward_pre_hook(hook, with_kwargs=True))
-    return handles
-
-
 @torch.no_grad()
 def head_means(model, tokenizer, cases, batch_size: int = 64) -> torch.Tensor:
     """Mean of every head's o_proj-input slice over all real token positions of ``cases`` (the
@@ -144,13 +131,9 @@ def head_means(model, tokenizer, cases, batch_size: int = 64) -> torch.Tensor:
         batch = encode(tokenizer, [cases[i] for i in idx], model_device(model))
         m = batch.attention_mask.unsqueeze(-1).to(torch.float64)
         store = {}
-        handles = _capture_pre({l: o_proj(model, l) for l in range(s.n_layers)}, store,
-                               lambda x: (x.to(torch.float64) * m).sum((0, 1)).cpu())
-        try:
+        with attached(capture_input({l: o_proj(model, l) for l in range(s.n_layers)}, store,
+                                    lambda x: (x.to(torch.float64) * m).sum((0, 1)).cpu())):
             answer_logits(model, batch)
-        finally:
-            for h in handles:
-                h.remove()
         for l, v in store.items():
             total[l] += v
         count += int(batch.attention_mask.sum())
@@ -240,12 +223,8 @@ def head_sweep(model, tokenizer, cases, heads=None, method: str = "zero", means:
     for idx in chunks:
         batch = encode(tokenizer, [cases[i] for i in idx], dev)
         store: dict = {}
-        handles = _capture_pre({l: layers(model)[l] for l in todo if l > 0}, store, lambda x: x)
-        try:
+        with attached(capture_input({l: layers(model)[l] for l in todo if l > 0}, store)):
             sc = score(answer_logits(model, batch), batch.targets)
-        finally:
-            for h in handles:
-                h.remove()
         for k in base:
             base[k][idx] = sc[k]
         resid.append(store)
@@ -272,23 +251,20 @@ def head_sweep(model, tokenizer, cases, heads=None, method: str = "zero", means:
             for j in range(0, len(ghead), k):
                 part = ghead[j:j + k]
                 start = min(l for l, _ in part)
-                handles = []
+                hooks = []
                 for l in sorted({l for l, _ in part}):
                     mask = torch.ones(len(part) * B, s.n_heads, device=dev)
                     for r, (ll, h) in enumerate(part):
                         if ll == l:
                             mask[r * B:(r + 1) * B, h] = 0
-                    hook = _mask_hook(s.n_heads, s.head_dim, mask, means[l].to(dev) if method == "mean" else None)
-                    handles.append(o_proj(model, l).register_forward_pre_hook(hook))
+                    hooks.append(pre(o_proj(model, l), _mask_hook(s.n_heads, s.head_dim, mask,
+                                                                   means[l].to(dev) if method == "mean" else None)))
                 rb = batch.repeat(len(part))
-                try:
+                with attached(hooks):
                     if start == 0:
                         logits = answer_logits(model, rb)
                     else:
                         logits = answer_logits(model, rb, start_layer=start, resid=store[start].repeat(len(part), 1, 1))
-                finally:
-                    for handle in handles:
-                        handle.remove()
                 sc = score(logits, rb.targets)
                 for r, lh in enumerate(part):
                     for key in per_head[lh]:

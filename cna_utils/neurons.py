@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from .forward import encode, model_device
-from .heads import _capture_pre
+from .hooks import attached, capture_input, pre
 from .models import down_proj, ffn_values, final_norm, parse_pair, spec, unembed
 from .tracing import Trace, frozen_logits
 
@@ -305,7 +305,6 @@ def mask_neurons(model, neurons, mode: str = "zero", layers=None, per_row: bool 
     ``neurons``: ["l_k", (l, k), ...]. With ``per_row=True`` it is a list of such lists, one per
     batch row, and every forward inside the block must have exactly that many rows."""
     masks = _layer_masks(model, neurons, mode, layers, per_row)
-    handles = []
 
     def make(mask):
         def hook(module, args):
@@ -318,13 +317,8 @@ def mask_neurons(model, neurons, mode: str = "zero", layers=None, per_row: bool 
             return (x * m,) + tuple(args[1:])
         return hook
 
-    try:
-        for l, m in masks.items():
-            handles.append(down_proj(model, l).register_forward_pre_hook(make(m)))
+    with attached([pre(down_proj(model, l), make(m)) for l, m in masks.items()]):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @torch.no_grad()
@@ -339,17 +333,13 @@ def run_masked(model, tokenizer, prompt_ids, target: int, neuron_sets, mode: str
         raise ValueError("no neuron sets given")
     R = len(neuron_sets)
     batch = encode(tokenizer, [list(prompt_ids)] * R, model_device(model))
-    cap, handles = {}, []
-    with mask_neurons(model, neuron_sets, mode=mode, layers=layers, per_row=True):
-        try:
-            # registered after the mask hooks, so they see the masked coefficient scores
-            handles = _capture_pre({l: down_proj(model, l) for l in (coef_layers or [])}, cap,
-                                   lambda x: x[:, -1].float().cpu())
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                           position_ids=batch.position_ids, use_cache=False).logits[:, -1].float()
-        finally:
-            for h in handles:
-                h.remove()
+    cap = {}
+    # the capture hooks are attached after the mask hooks, so they see the masked coefficient scores
+    with mask_neurons(model, neuron_sets, mode=mode, layers=layers, per_row=True), \
+            attached(capture_input({l: down_proj(model, l) for l in (coef_layers or [])}, cap,
+                                   lambda x: x[:, -1].float().cpu())):
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       position_ids=batch.position_ids, use_cache=False).logits[:, -1].float()
     lp = torch.log_softmax(logits, -1)
     out = dict(logprob=lp[:, target].cpu(), correct=(logits.argmax(-1) == target).cpu())
     if coef_layers:

@@ -31,6 +31,7 @@ import torch
 
 from .data import Case
 from .forward import answer_logits, encode, model_device
+from .hooks import attached, capture_input, capture_output
 from .models import attention, down_proj, final_norm, layers as layer_list, mlp, o_proj, spec, unembed
 
 __all__ = ["Trace", "trace", "frozen_norm", "frozen_logits", "norm_stats", "KEEP_ALL"]
@@ -102,10 +103,6 @@ def frozen_logits(model, h: torch.Tensor, scale: torch.Tensor, mean: torch.Tenso
     return out
 
 
-def _first(x):
-    return x[0] if isinstance(x, tuple) else x
-
-
 @torch.no_grad()
 def trace(model, tokenizer, prompts, positions: str = "last", layers=None, keep=KEEP_ALL,
           batch_size: int = 64, device=None) -> Trace:
@@ -156,31 +153,15 @@ def trace(model, tokenizer, prompts, positions: str = "last", layers=None, keep=
             return y.cpu()
 
         cap: dict[tuple[str, int], torch.Tensor] = {}
-        handles = []
-
-        def reg(mod, name, l, pre=False):
-            if pre:
-                def hook(m, args, kwargs):
-                    cap[(name, l)] = select(args[0] if args else kwargs["hidden_states"])
-                handles.append(mod.register_forward_pre_hook(hook, with_kwargs=True))
-            else:
-                def hook(m, args, output):
-                    cap[(name, l)] = select(_first(output))
-                handles.append(mod.register_forward_hook(hook))
-
-        for l in sel:
-            reg(layer_list(model)[l], "resid_in", l, pre=True)
-            reg(attention(model, l), "attn_out", l)
-            reg(o_proj(model, l), "head_in", l, pre=True)
-            reg(down_proj(model, l), "coef", l, pre=True)
-            reg(mlp(model, l), "ffn_out", l)
-            reg(layer_list(model)[l], "resid_out", l)
-        reg(final_norm(model), "final_in", -1, pre=True)
-        try:
+        inputs = {("resid_in", l): layer_list(model)[l] for l in sel}
+        inputs.update({("head_in", l): o_proj(model, l) for l in sel})
+        inputs.update({("coef", l): down_proj(model, l) for l in sel})
+        inputs[("final_in", -1)] = final_norm(model)
+        outputs = {("attn_out", l): attention(model, l) for l in sel}
+        outputs.update({("ffn_out", l): mlp(model, l) for l in sel})
+        outputs.update({("resid_out", l): layer_list(model)[l] for l in sel})
+        with attached(capture_input(inputs, cap, select) + capture_output(outputs, cap, select)):
             logit = answer_logits(model, batch)[:, -1].float().cpu()
-        finally:
-            for h in handles:
-                h.remove()
         for k in keep:
             if k == "resid_mid":
                 vals = [cap[("resid_in", l)] + cap[("attn_out", l)] for l in sel]

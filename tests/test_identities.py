@@ -265,3 +265,27 @@ def test_mean_sweep_without_means_uses_head_means():
     given = cu.head_sweep(model, TOK, cases, heads=[(1, 2)], method="mean", means=cu.head_means(model, TOK, cases),
                           progress=False, per_case=True)
     assert list(auto.gold_logprob) == list(given.gold_logprob)
+
+
+def test_hooks_are_removed_also_on_an_exception():
+    """Every hook the library attaches goes through hooks.attached: none survives its block."""
+    from cna_utils import hooks
+    model = make_model("llama-gqa")
+    mods = [m for m in model.modules()]
+    count = lambda: sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in mods)
+    before, store = count(), {}
+    with pytest.raises(RuntimeError, match="inside"):
+        with hooks.attached(hooks.capture_input({0: cu.models.down_proj(model, 0)}, store) +
+                            hooks.capture_output({1: cu.models.mlp(model, 1)}, store)):
+            assert count() == before + 2
+            model(torch.tensor([[5, 6, 7]]))
+            raise RuntimeError("inside")
+    assert count() == before and store[0].shape[-1] == cu.spec(model).d_mlp
+    with pytest.raises(ZeroDivisionError):
+        with cu.ablate_heads(model, ["1_0"]), cu.mask_neurons(model, ["0_1"]):
+            1 / 0
+    assert count() == before
+    with pytest.raises(ValueError, match="hook kind"):
+        with hooks.attached([hooks.Hook(mods[0], print, "sideways")]):
+            pass
+    assert count() == before
