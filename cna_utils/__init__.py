@@ -63,7 +63,7 @@ from .neurons import (cna, coef_decrease, importance_scores, mask_neurons, neuro
 from .paper import PAPER_MODEL, paper_table
 from .profiles import PROFILES, get_profile, load_results, save_results, spread_layers
 from .scoreboard import claim, verdict_markdown
-from .tracing import Trace, frozen_logits, frozen_norm, trace
+from .tracing import Trace, attention_pattern, frozen_logits, frozen_norm, trace
 from .vocab import concept_mask, count_concepts, load_lexicon, token_text, vocab_logits, vocab_projection
 
 __version__ = "0.1.0"

@@ -12,7 +12,7 @@ import pandas as pd
 import seaborn as sns
 
 __all__ = ["head_heatmaps", "zero_vs_mean", "neuron_layers", "score_vs_effect", "pe_dag", "logic_chain",
-           "accuracy_by_layer", "loss_curves"]
+           "accuracy_by_layer", "loss_curves", "attention_map"]
 
 
 def head_heatmaps(summary: pd.DataFrame, n_layers: int, n_heads: int, value: str = "drop", column: str = "op",
@@ -172,3 +172,24 @@ def loss_curves(runs, window: int = 10, title: str | None = None):
         ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def attention_map(tokens: list[str], weights, title: str | None = None, mark=()):
+    """One head's attention pattern [T, T] as a heat map (row: the position that attends; column:
+    the position attended to), the tokens on both axes; ``mark`` underlines columns (the operands)."""
+    w = np.asarray(weights, dtype=float)
+    labels = [repr(t)[1:-1] or "(empty)" for t in tokens]
+    size = max(3.5, 0.32 * len(tokens) + 1.5)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    sns.heatmap(w, ax=ax, cmap="viridis", vmin=0, vmax=1, square=True, xticklabels=labels, yticklabels=labels,
+                cbar_kws=dict(label="attention weight", shrink=0.8))
+    for c in mark:
+        ax.add_patch(plt.Rectangle((c, len(tokens) - 1), 1, 1, fill=False, edgecolor="red", lw=2))
+    ax.set_xlabel("attended position")
+    ax.set_ylabel("attending position")
+    ax.tick_params(axis="x", labelrotation=90)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+

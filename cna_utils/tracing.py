@@ -34,7 +34,7 @@ from .forward import answer_logits, encode, model_device
 from .hooks import attached, capture_input, capture_output
 from .models import attention, down_proj, final_norm, layers as layer_list, mlp, o_proj, spec, unembed
 
-__all__ = ["Trace", "trace", "frozen_norm", "frozen_logits", "norm_stats", "KEEP_ALL"]
+__all__ = ["Trace", "trace", "frozen_norm", "frozen_logits", "norm_stats", "KEEP_ALL", "attention_pattern"]
 
 KEEP_ALL = ("resid_in", "attn_out", "head_in", "resid_mid", "coef", "ffn_out", "resid_out")
 
@@ -184,3 +184,23 @@ def trace(model, tokenizer, prompts, positions: str = "last", layers=None, keep=
 
     return Trace(layers=sel, positions=positions, lengths=torch.cat(lengths), norm_scale=cat(scales),
                  norm_mean=cat(means), logits=torch.cat(logits), tensors={k: cat(v) for k, v in out.items()})
+
+
+@torch.no_grad()
+def attention_pattern(model, tokenizer, prompt, layer: int) -> tuple[list[str], torch.Tensor]:
+    """The attention weights of every head of ``layer`` on one prompt (a string or an aligned
+    ``Case``): ``(tokens, weights)`` with ``weights`` [heads, T, T], row t the distribution of
+    position t over positions 0..t. The model runs once with the eager attention implementation,
+    which returns the weights (the logits are the same), and is switched back afterwards."""
+    s = spec(model)
+    if not 0 <= layer < s.n_layers:
+        raise IndexError(f"layer {layer} is out of range 0..{s.n_layers - 1}")
+    ids = list(prompt.prompt_ids) if isinstance(prompt, Case) else tokenizer(prompt)["input_ids"]
+    before = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        out = model(input_ids=torch.tensor([ids], device=model_device(model)), output_attentions=True, use_cache=False)
+    finally:
+        model.set_attn_implementation(before)
+    return [tokenizer.decode([t]) for t in ids], out.attentions[layer][0].float().cpu()
+

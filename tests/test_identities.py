@@ -5,7 +5,7 @@ import torch
 import cna_utils as cu
 from cna_utils.forward import answer_logits, encode
 
-from conftest import PadTokenizer, make_model, random_cases
+from conftest import FAMILIES, PadTokenizer, make_model, random_cases
 
 TOK = PadTokenizer()
 
@@ -289,3 +289,22 @@ def test_hooks_are_removed_also_on_an_exception():
         with hooks.attached([hooks.Hook(mods[0], print, "sideways")]):
             pass
     assert count() == before
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_attention_pattern_is_causal_and_leaves_the_model_as_it_was(fam):
+    model = make_model(fam)
+    case = random_cases(model, n=1, seed=3, prompt_len=(6, 6))[0]
+    before_impl = model.config._attn_implementation
+    ids = torch.tensor([list(case.prompt_ids)])
+    before = model(ids).logits
+    toks, w = cu.attention_pattern(model, PadTokenizer(), case, 1)
+    s = cu.spec(model)
+    assert w.shape == (s.n_heads, 6, 6) and len(toks) == 6
+    torch.testing.assert_close(w.sum(-1), torch.ones(s.n_heads, 6))          # each row is a distribution
+    assert float(w.triu(1).abs().max()) == 0.0                               # no position looks ahead
+    torch.testing.assert_close(w[:, 0, 0], torch.ones(s.n_heads))
+    assert model.config._attn_implementation == before_impl
+    torch.testing.assert_close(model(ids).logits, before)
+    with pytest.raises(IndexError, match="out of range"):
+        cu.attention_pattern(model, PadTokenizer(), case, s.n_layers)
