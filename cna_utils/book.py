@@ -53,6 +53,26 @@ def _second_banner(model: str, second: str, profile: str, stem: str, copied: boo
             f"every number and verdict on the page is the second model's.")
 
 
+def _relabel(path: Path, suffix: str) -> None:
+    """Give a chapter's second run its own figure labels (labels are unique across the book): every
+    figure name in the cells' mystnb metadata and every {numref} to it get ``suffix``."""
+    import re
+
+    import nbformat
+    nb = nbformat.read(path, as_version=4)
+    names = set()
+    for cell in nb.cells:
+        fig = cell.metadata.get("mystnb", {}).get("figure", {})
+        if "name" in fig:
+            names.add(fig["name"])
+            fig["name"] += suffix
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = re.sub(r"\{numref\}`([^`<]+)`", lambda m: "{numref}`" + m.group(1) + suffix + "`"
+                                 if m.group(1) in names else m.group(0), cell.source)
+    nbformat.write(nb, path)
+
+
 def _prepend_markdown(path: Path, text: str) -> None:
     import nbformat
     nb = nbformat.read(path, as_version=4)
@@ -105,6 +125,9 @@ def execute_notebooks(root: Path, profile: str, model: str, only: list[str] | No
         _hide_injected_parameters(out / name)
         if out.name == SECOND:
             _prepend_markdown(out / name, _second_banner(model, m, profile, name, copied=False))
+            _relabel(out / name, "-second")
+        elif extra:
+            _relabel(out / name, "-division")
         done.append(out / name)
     if not second_model:
         _second_placeholders(src, out_dir / SECOND)
@@ -114,6 +137,7 @@ def execute_notebooks(root: Path, profile: str, model: str, only: list[str] | No
         for nb in second:
             shutil.copy(out_dir / nb.name, out_dir / SECOND / nb.name)
             _prepend_markdown(out_dir / SECOND / nb.name, _second_banner(model, model, profile, nb.name, copied=True))
+            _relabel(out_dir / SECOND / nb.name, "-second")
             r = json.loads((results / f"{nb.stem}.json").read_text())
             r["second_model_is_main_model"] = True
             (results / SECOND / f"{nb.stem}.json").write_text(json.dumps(r, indent=2))

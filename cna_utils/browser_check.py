@@ -8,7 +8,8 @@ For the intro, every chapter and the generated pages, Chromium loads the page fr
 scripts and dumps the resulting DOM; the check fails on a page that does not load, an image that
 does not exist, a Python traceback in the text, markdown table syntax left unrendered, a table
 pandas truncated, math that MathJax did not typeset (the book ships MathJax: it must render offline),
-or a link to a page or section of the book that does not exist. It saves a screenshot of each page. Chromium is
+an image with neither alt text nor a caption, or a link to a page or section of the book that does
+not exist. It saves a screenshot of each page. Chromium is
 Debian's ``chromium`` package; when it is missing the check installs it with apt-get (as root, or
 through sudo) and says what to do if that is not possible.
 """
@@ -24,7 +25,8 @@ import sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-__all__ = ["find_chromium", "pages", "check_page", "text_problems", "math_problems", "link_problems", "main"]
+__all__ = ["find_chromium", "pages", "check_page", "text_problems", "math_problems", "link_problems",
+           "image_text_problems", "main"]
 
 NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -83,6 +85,23 @@ def text_problems(dom: str) -> list[str]:
     return found
 
 
+def image_text_problems(dom: str) -> list[str]:
+    """Images a reader who cannot see them learns nothing from: no alt text, and no caption."""
+    found = []
+    for m in re.finditer(r"<img\b[^>]*>", dom):
+        tag = m.group(0)
+        alt = re.search(r"\balt=\"([^\"]*)\"", tag)
+        if alt and alt.group(1).strip():
+            continue
+        start = dom.rfind("<figure", 0, m.start())
+        inside = start >= 0 and dom.rfind("</figure>", 0, m.start()) < start and \
+            "<figcaption" in dom[m.end():dom.find("</figure>", m.end())]
+        if not inside:
+            src = re.search(r"\bsrc=\"([^\"]{0,60})", tag)
+            found.append(f"an image without alt text or caption ({src.group(1) if src else tag[:60]})")
+    return found
+
+
 def math_problems(dom: str) -> list[str]:
     """Math the page has (Sphinx marks it class="math") that MathJax did not typeset (no mjx-container)."""
     n_math = len(re.findall(r"class=\"math[ \"]", dom))
@@ -123,6 +142,7 @@ def check_page(binary: str, page: Path, shot: Path) -> list[str]:
     if "Traceback (most recent call last)" in text or re.search(r"\b\w+Error\s*Traceback", text):
         problems.append(f"{page.name}: a Python traceback is in the page")
     problems += [f"{page.name}: {p}" for p in text_problems(dom) + math_problems(dom) + link_problems(dom, page)]
+    problems += [f"{page.name}: {p}" for p in image_text_problems(dom)]
     for src in re.findall(r"<img[^>]+src=\"([^\"]+)\"", dom):
         if src.startswith(("data:", "http://", "https://")):
             continue

@@ -213,3 +213,11 @@ def test_browser_check_sees_untypeset_math_and_broken_links(tmp_path):
     page.write_text(dom)
     found = link_problems(dom, page)
     assert len(found) == 2 and "missing.html is not in the build" in found[0] and "no section #nope" in found[1]
+
+
+def test_browser_check_wants_alt_text_or_a_caption():
+    from cna_utils.browser_check import image_text_problems
+    assert image_text_problems('<img src="a.png" alt="Heat map of drops">') == []
+    assert image_text_problems('<figure><img src="a.png"><figcaption>Fig. 1 drops</figcaption></figure>') == []
+    assert "without alt text" in image_text_problems('<p><img src="a.png" alt=""></p>')[0]
+    assert len(image_text_problems('<figure><img src="a.png"></figure><img src="b.png">')) == 2
