@@ -52,6 +52,7 @@ warnings.filterwarnings("ignore", message="Could not find a config file")
 from . import analysis, bias, chapter, lora, prune  # noqa: E402
 from .circuits import (attn_norm_linear, hidden_interpretable, lowest_neuron, ov_backproject, ov_factors, ov_transform,
                        pe_dag_edges, transfer_scores)
+from .compare import Comparison, compare
 from .data import AlignmentError, Case, align, arithmetic_dataset, digit_cases, digit_kinds, number_word
 from .evaluate import accuracy, relative_decrease, summarize, token_table
 from .heads import ablate_heads, head_means, head_name, head_sweep, parse_heads, zeroed_in_weights

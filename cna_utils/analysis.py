@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +21,12 @@ import torch
 from tqdm import tqdm
 
 from .circuits import lowest_neuron
+from .compare import compare
 from .data import arithmetic_dataset
 from .evaluate import accuracy
 from .heads import ablate_heads, head_name, head_sweep, parse_heads
-from .models import model_label, spec, weights_fingerprint
-from .neurons import cna, coef_decrease, importance_scores, neuron_effects, run_masked, top_neurons
+from .models import spec, weights_fingerprint
+from .neurons import cna, coef_decrease, neuron_effects, run_masked, top_neurons
 from .tracing import trace
 
 __all__ = ["one_digit_cases", "chapter1_head", "top_head_by_sweep", "showcase_case", "CNAResult", "cna_cases",
@@ -124,14 +124,9 @@ def lora_cna(model, tokenizer, cases, adapter, layers=None, progress: bool = Fal
         raise ValueError(f"target must be 'prediction' (the original model's top-1, the authors' choice) or 'gold', "
                          f"got {target!r}")
     from .lora import lora_applied
-    keep = ("resid_mid", "coef")
-    tr_ori = trace(model, tokenizer, cases, layers=layers, keep=keep)
-    with lora_applied(model, adapter):
-        tr_lora = trace(model, tokenizer, cases, layers=layers, keep=keep)
-    targets = tr_ori.logits.argmax(-1) if target == "prediction" else [c.answer_ids[0] for c in cases]
-    imp_ori, imp_lora = importance_scores(model, [tr_ori, tr_lora], targets, shared_norm=scale == "original",
-                                          progress=progress)
-    return imp_lora, imp_ori, tr_lora, tr_ori
+    c = compare(model, tokenizer, cases, condition=lambda: lora_applied(model, adapter), target=target, layers=layers,
+                norm="a" if scale == "original" else "own", progress=progress)
+    return c.imp_b, c.imp_a, c.traces[1], c.traces[0]
 
 
 def one_digit_cases(model, tokenizer, ops: str = "+-", template: int = 4):
@@ -223,22 +218,12 @@ def cna_cases(model, tokenizer, cases, head, cache_dir=None, progress: bool = Fa
     path = Path(cache_dir) / f"cna-{_key(model, cases, name)}.pt" if cache_dir else None
     if path is not None and path.exists():
         return CNAResult(**torch.load(path))
-    t0 = time.time()
-    keep = ("resid_mid", "coef")
-    tr_ori = trace(model, tokenizer, cases, keep=keep)
-    with ablate_heads(model, [(hl, hh)]):
-        tr_inv = trace(model, tokenizer, cases, keep=keep)
-    targets = [c.answer_ids[0] for c in cases]
     # Below the head's layer both models have the same residual stream and coefficients at every
     # position, and both are scored with the original's final-norm statistics: their importance
-    # scores are identical there (tested), so the intervened model is scored from layer hl on and
-    # every score is computed once.
-    high = importance_scores(model, [tr_ori, tr_inv], targets, layers=range(hl, spec(model).n_layers),
-                             shared_norm=True, progress=progress)
-    low = importance_scores(model, tr_ori, targets, layers=range(hl), progress=progress) if hl > 0 else high[0][:, :0]
-    imp_ori, imp_inv = (torch.cat([low, h], dim=1) for h in high)
-    res = CNAResult(name, list(tr_ori.layers), targets, imp_ori, imp_inv, tr_ori.coef, tr_inv.coef,
-                    time.time() - t0)
+    # scores are identical there (tested), so the intervened model is scored from layer hl on.
+    c = compare(model, tokenizer, cases, condition=lambda: ablate_heads(model, [(hl, hh)]), same_below=hl,
+                progress=progress)
+    res = CNAResult(name, c.layers, c.targets, c.imp_a, c.imp_b, c.coef_a, c.coef_b, c.seconds)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(res.__dict__, path)

@@ -33,7 +33,8 @@ import yaml
 
 from .data import Case, align
 from .forward import answer_logits, encode, length_batches, model_device, score
-from .neurons import importance_scores, top_neurons
+from .compare import compare
+from .neurons import top_neurons
 from .tracing import trace
 
 __all__ = ["load_bias_data", "fill", "gender_bias", "continuation_logprob", "bias_scores", "bias_summary",
@@ -211,25 +212,21 @@ def gender_cna(model, tokenizer, template: str, professions: dict, genders=GENDE
     groups = [g for g in genders for _ in professions.get(g, [])]
     if not words:
         raise ValueError("no professions given")
-    prompts = {g: fill(template, g) for g in genders}
-    targets = None
-    imp, coef, cases = {}, {}, {}
+    cases = {}
     for g in genders:
-        cs = _cases(tokenizer, [prompts[g]], words)
+        cs = _cases(tokenizer, [fill(template, g)], words)
         multi = [c.answer for c in cs if len(c.answer_ids) != 1]
         if multi:
-            raise ValueError(f"professions {multi} are more than one token after {prompts[g]!r}: CNA scores one next "
-                             "token. Pass single-token professions (single_token_words splits them); the bias "
+            raise ValueError(f"professions {multi} are more than one token after {fill(template, g)!r}: CNA scores one "
+                             "next token. Pass single-token professions (single_token_words splits them); the bias "
                              "metric (bias_scores) scores multi-token ones by their full log-probability.")
-        t = [c.answer_ids[0] for c in cs]
-        targets = t if targets is None else targets
         cases[g] = cs
-    trs = {g: trace(model, tokenizer, cases[g], keep=("resid_mid", "coef")) for g in genders}
-    scores = importance_scores(model, [trs[g] for g in genders], targets, progress=progress)
-    for g, s in zip(genders, scores):
-        imp[g] = s
-        coef[g] = trs[g].coef[0]
-    return GenderCNA(template, words, groups, list(trs[genders[0]].layers), imp, coef, tuple(genders))
+    # two inputs of one model, each scored at its own final-norm statistics, for the token of the
+    # profession after the first gender's prompt
+    g1, g2 = genders
+    c = compare(model, tokenizer, cases[g1], cases[g2], norm="own", progress=progress)
+    imp, coef = {g1: c.imp_a, g2: c.imp_b}, {g1: c.coef_a[0], g2: c.coef_b[0]}
+    return GenderCNA(template, words, groups, c.layers, imp, coef, tuple(genders))
 
 
 @torch.no_grad()

@@ -387,3 +387,36 @@ def test_hidden_interpretable_cache_is_keyed_by_the_weights(tmp_path):
         cu.ffn_values(model, 0).neg_()
     cu.hidden_interpretable(model, mask, [0], [0, 1], k=8, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("hidden-*.pkl"))) == 2
+
+
+@pytest.mark.parametrize("fam", ["llama-gqa", "gpt2", "qwen2"])
+def test_compare_skips_only_what_is_provably_equal(fam):
+    """compare(): below the intervened layer the two conditions' scores are equal at condition a's
+    norm, so skipping them (same_below) changes no number; the three uses are one function."""
+    model = make_model(fam)
+    cases = random_cases(model, n=3, seed=11)
+    cond = lambda: cu.ablate_heads(model, ["1_1"])
+    full = cu.compare(model, TOK, cases, condition=cond)
+    skip = cu.compare(model, TOK, cases, condition=cond, same_below=1)
+    assert torch.equal(full.imp_a, skip.imp_a) and torch.equal(full.imp_b, skip.imp_b)
+    assert torch.equal(full.imp_a[:, :1], full.imp_b[:, :1])            # the reason the skip is exact
+    assert not torch.equal(full.imp_a[:, 1:], full.imp_b[:, 1:])
+    assert torch.equal(full.score, full.imp_a - full.imp_b) and len(full.top(4, case=0)) == 4
+    pred = cu.compare(model, TOK, cases, condition=cond, target="prediction")
+    assert pred.targets == [int(t) for t in full.traces[0].logits.argmax(-1)]
+    with pytest.raises(ValueError, match="same_below needs norm='a'"):
+        cu.compare(model, TOK, cases, condition=cond, norm="own", same_below=1)
+    with pytest.raises(ValueError, match="3 cases in condition a but 2"):
+        cu.compare(model, TOK, cases, cases[:2])
+    with pytest.raises(ValueError, match="target must be"):
+        cu.compare(model, TOK, cases, target="gold answer")
+
+
+def test_compare_of_two_inputs_scores_each_at_its_own_norm():
+    model = make_model("llama-gqa")
+    a, b = random_cases(model, n=2, seed=1), random_cases(model, n=2, seed=2)
+    c = cu.compare(model, TOK, a, b, norm="own")
+    tr_a, tr_b = cu.trace(model, TOK, a, keep=("resid_mid", "coef")), cu.trace(model, TOK, b, keep=("resid_mid", "coef"))
+    targets = [x.answer_ids[0] for x in a]
+    assert torch.equal(c.imp_a, cu.importance_scores(model, tr_a, targets))
+    assert torch.equal(c.imp_b, cu.importance_scores(model, tr_b, targets))
