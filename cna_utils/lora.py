@@ -40,11 +40,11 @@ from tqdm.auto import tqdm
 from .data import align, arithmetic_dataset
 from .evaluate import accuracy
 from .forward import answer_logits, encode, model_device
-from .models import _family, attention, model_label, spec
+from .models import _family, attention, spec, weights_fingerprint
 from .profiles import save_results
 
-__all__ = ["attention_linears", "lora_config", "lora_applied", "lora_splits", "train_lora", "lora_per_layer",
-           "trainable_parameters"]
+__all__ = ["attention_linears", "lora_config", "lora_applied", "lora_splits", "train_lora", "train_cached", "run_key",
+           "lora_per_layer", "trainable_parameters"]
 
 
 def attention_linears(model, layer: int) -> list[str]:
@@ -202,10 +202,24 @@ def train_lora(model, tokenizer, layer: int, train, val=None, test=None, lr: flo
     return result
 
 
-def _data_key(model, cases_lists, **hyper) -> str:
-    text = json.dumps([model_label(model), sorted(hyper.items()),
+def run_key(model, cases_lists, **hyper) -> str:
+    """The cache key of a LoRA run: the weights it starts from (``weights_fingerprint``: a pruned or
+    edited model under the same name gets another key), the data and the hyper-parameters."""
+    text = json.dumps([weights_fingerprint(model), sorted(hyper.items()),
                        [[list(c.prompt_ids) + list(c.answer_ids) for c in cs] for cs in cases_lists]])
     return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def train_cached(model, tokenizer, layer: int, train, val, test, lr: float, cache_dir, tag: str = "",
+                 epochs: int = 1, batch_size: int = 16, seed: int = 0, r: int = 8, alpha: int = 16,
+                 progress: bool = True) -> dict:
+    """``train_lora`` into ``cache_dir/lora/<tag>L<layer>-lr<lr>-<run_key>``: a finished run with the same
+    weights, data and settings is loaded instead of trained again."""
+    key = run_key(model, [train, val, test], layer=layer, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed,
+                  r=r, alpha=alpha)
+    out = Path(cache_dir) / "lora" / f"{tag + '-' if tag else ''}L{layer:02d}-lr{lr:g}-{key}"
+    return train_lora(model, tokenizer, layer, train, val, test, lr=lr, epochs=epochs, batch_size=batch_size,
+                      seed=seed, out_dir=out, r=r, alpha=alpha, progress=progress)
 
 
 def lora_per_layer(model, tokenizer, layers, train, val, test, lrs=(1e-3, 5e-4, 1e-4), select_on=None,
@@ -227,11 +241,8 @@ def lora_per_layer(model, tokenizer, layers, train, val, test, lrs=(1e-3, 5e-4, 
         raise ValueError("the training set is empty: pass at least one case (see lora_splits)")
 
     def run(layer, lr):
-        key = _data_key(model, [train, val, test], layer=layer, lr=lr, epochs=epochs, batch_size=batch_size,
-                        seed=seed, r=r, alpha=alpha)
-        return train_lora(model, tokenizer, layer, train, val, test, lr=lr, epochs=epochs, batch_size=batch_size,
-                          seed=seed, out_dir=Path(cache_dir) / "lora" / f"L{layer:02d}-lr{lr:g}-{key}", r=r,
-                          alpha=alpha, progress=progress)
+        return train_cached(model, tokenizer, layer, train, val, test, lr, cache_dir, epochs=epochs,
+                            batch_size=batch_size, seed=seed, r=r, alpha=alpha, progress=progress)
 
     def best_of(rs):
         return max(rs, key=lambda x: (x["val"][x["best_epoch"]] or {}).get("answer", 0.0))

@@ -220,3 +220,19 @@ def test_lora_coefficients_identities(tmp_path):
         layer = torch.tensor(res.top(6, case=i).layer.values)
         assert torch.equal(coefs[1, i][layer < 1], coefs[0, i][layer < 1])    # below the LoRA layer: untouched
         assert not torch.allclose(coefs[1, i][layer >= 1], coefs[0, i][layer >= 1])
+
+
+def test_a_pruned_model_does_not_reuse_the_original_models_lora_run(tmp_path):
+    """train_cached keys a run by the weights it starts from: the same name, data and settings on a
+    pruned copy train a new adapter; the original's run is loaded, not trained, the second time."""
+    model = make_model("llama-mha")
+    cases = random_cases(model, n=8, seed=1, gold="random")
+    kw = dict(epochs=1, batch_size=4, progress=False)
+    first = lora.train_cached(model, TOK, 1, cases, cases[:3], cases[:3], 1e-2, tmp_path, **kw)
+    small = prune.prune_ffn(copy.deepcopy(model), {1: [0, 1, 2]})
+    assert cu.models.model_label(small) == cu.models.model_label(model)
+    pruned = lora.train_cached(small, TOK, 1, cases, cases[:3], cases[:3], 1e-2, tmp_path, tag="p", **kw)
+    assert pruned["adapter"] != first["adapter"] and "/p-L01-" in pruned["adapter"]
+    assert lora.run_key(small, [cases]) != lora.run_key(model, [cases])
+    again = lora.train_cached(model, TOK, 1, cases, cases[:3], cases[:3], 1e-2, tmp_path, **kw)
+    assert again == first                                               # loaded from result.json
