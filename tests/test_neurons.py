@@ -420,3 +420,29 @@ def test_compare_of_two_inputs_scores_each_at_its_own_norm():
     targets = [x.answer_ids[0] for x in a]
     assert torch.equal(c.imp_a, cu.importance_scores(model, tr_a, targets))
     assert torch.equal(c.imp_b, cu.importance_scores(model, tr_b, targets))
+
+
+def test_zero_shot_table_is_its_definition():
+    from cna_utils.ablation import accuracy_decrease, zero_shot_table
+    model = make_model("llama-gqa")
+    cases = random_cases(model, n=6, seed=4)                     # answers = the model's own: base accuracy 1
+    d = cu.spec(model).d_mlp
+    hid = pd.DataFrame({"layer": [0] * d + [1] * d, "neuron": list(range(d)) * 2,
+                        "concepts": [i % 5 for i in range(2 * d)], "concepts_above": [i % 3 for i in range(2 * d)],
+                        "concepts_raw": [(i // 2) % 5 for i in range(2 * d)]})
+    t = zero_shot_table(model, TOK, cases, hid, random_draws=2, seed=7, thresholds=range(3))
+    gen = torch.Generator().manual_seed(7)
+    for M in range(3):
+        chosen = hid[hid.concepts > M]
+        want = [accuracy_decrease(model, TOK, cases, hid.iloc[torch.randperm(len(hid), generator=gen)[:len(chosen)].tolist()])
+                for _ in range(2)]
+        col = t[f"M={M}"]
+        assert col["number"] == len(chosen) and col["number, attention above only"] == int((hid.concepts_above > M).sum())
+        assert col["accuracy_decrease"] == accuracy_decrease(model, TOK, cases, list(zip(chosen.layer, chosen.neuron)))
+        assert col["random_decrease"] == pytest.approx(sum(want) / 2)
+        assert col["raw_also_interpretable"] == int((chosen.concepts_raw > M).sum())
+    with cu.mask_neurons(model, [(0, k) for k in range(d)] + [(1, k) for k in range(d)]):
+        dead = cu.accuracy(model, TOK, cases).first_correct.mean()
+    assert accuracy_decrease(model, TOK, cases, hid) == pytest.approx(100 * (1 - dead))
+    with pytest.raises(ValueError, match="answers none"):
+        accuracy_decrease(model, TOK, cases, [(0, 1)], base=0.0)
