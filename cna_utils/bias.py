@@ -34,12 +34,12 @@ import yaml
 from .data import Case, align
 from .forward import answer_logits, encode, length_batches, model_device, score
 from .compare import compare
-from .neurons import top_neurons
+from .neurons import mask_neurons, top_neurons
 from .tracing import trace
 
 __all__ = ["load_bias_data", "fill", "gender_bias", "continuation_logprob", "bias_scores", "bias_summary",
            "top_predictions", "model_professions", "single_token_words", "GenderCNA", "gender_cna",
-           "perplexity", "GENDERS"]
+           "perplexity", "edit_sets", "edit_table", "GENDERS"]
 
 GENDERS = ("woman", "man")
 
@@ -244,3 +244,46 @@ def perplexity(model, tokenizer, texts) -> float:
     if n == 0:
         raise ValueError("no text to score: give sentences of at least two tokens")
     return math.exp(nll / n)
+
+
+def edit_sets(top: pd.DataFrame, ks, n_layers: int, d_mlp: int, random_draws: int = 3, seed: int = 0) -> dict:
+    """The edits of Table 13: no edit ("original"), the ``k`` first neurons of ``top`` ("top-k") and
+    ``random_draws`` sets of ``k`` neurons drawn uniformly from every FFN neuron ("random-k #d"; one
+    generator seeded with ``seed``, drawn in order). Values are [(layer, neuron), ...]."""
+    gen = torch.Generator().manual_seed(seed)
+    sets = {"original": []}
+    for k in ks:
+        sets[f"top-{k}"] = list(zip(top.layer[:k], top.neuron[:k]))
+        for d in range(random_draws):
+            idx = torch.randperm(n_layers * d_mlp, generator=gen)[:k].tolist()
+            sets[f"random-{k} #{d + 1}"] = [divmod(i, d_mlp) for i in idx]
+    return sets
+
+
+def edit_table(model, tokenizer, sets: dict, prompt_sets: dict, professions: dict, paper_professions: dict,
+               genders=GENDERS) -> pd.DataFrame:
+    """Table 13: the bias (``bias_summary``: total and per gender) of ``professions`` after each edit
+    of ``sets`` (neurons zeroed), per named prompt set, and the total of ``paper_professions`` on the
+    first prompt set; then one row per k with the mean over its random sets. Columns are
+    (prompt set, total / gender)."""
+    templates = list(dict.fromkeys(t for ps in prompt_sets.values() for t in ps))
+    first = next(iter(prompt_sets.values()))
+    rows = {}
+    for name, neurons in sets.items():
+        with mask_neurons(model, neurons):
+            b = bias_scores(model, tokenizer, templates, professions, genders)
+            paper_total = bias_summary(bias_scores(model, tokenizer, first, paper_professions, genders), genders)["total"]
+        row = {}
+        for pname, ps in prompt_sets.items():
+            row.update({(pname, k): v for k, v in bias_summary(b[b.template.isin(ps)], genders).items()})
+        row[("paper's professions", "total")] = paper_total
+        rows[name] = row
+    table = pd.DataFrame(rows).T
+    table.columns = pd.MultiIndex.from_tuples(table.columns)
+    rand = table[table.index.str.startswith("random")]
+    out = table[~table.index.str.startswith("random")].copy()
+    for k in dict.fromkeys(n.split(" ")[0][len("random-"):] for n in rand.index):
+        sel = rand[rand.index.str.startswith(f"random-{k} ")]
+        out.loc[f"random-{k} (mean of {len(sel)})"] = sel.mean()
+    return out
+

@@ -4,6 +4,7 @@ import copy
 import dataclasses
 import json
 
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -236,3 +237,28 @@ def test_a_pruned_model_does_not_reuse_the_original_models_lora_run(tmp_path):
     assert lora.run_key(small, [cases]) != lora.run_key(model, [cases])
     again = lora.train_cached(model, TOK, 1, cases, cases[:3], cases[:3], 1e-2, tmp_path, **kw)
     assert again == first                                               # loaded from result.json
+
+
+def test_table_13_edits_are_their_definition(real):
+    model, tok = real
+    data = gb.load_bias_data()
+    s = cu.spec(model)
+    top = pd.DataFrame({"layer": [20, 25], "neuron": [7, 300]})
+    sets = gb.edit_sets(top, [1, 2], s.n_layers, s.d_mlp, random_draws=2, seed=3)
+    assert list(sets) == ["original", "top-1", "random-1 #1", "random-1 #2", "top-2", "random-2 #1", "random-2 #2"]
+    assert sets["top-2"] == [(20, 7), (25, 300)] and all(len(sets[f"random-2 #{d}"]) == 2 for d in (1, 2))
+    assert sets == gb.edit_sets(top, [1, 2], s.n_layers, s.d_mlp, random_draws=2, seed=3)     # seeded
+    profs = {"woman": ["nurse"], "man": ["miner"]}
+    prompt_sets = {"first": data["prompts"][:2], "held-out": data["held_out_prompts"][:1]}
+    t = gb.edit_table(model, tok, {k: sets[k] for k in ("original", "top-2", "random-2 #1", "random-2 #2")},
+                      prompt_sets, profs, profs)
+    with cu.mask_neurons(model, sets["top-2"]):
+        want = gb.bias_summary(gb.bias_scores(model, tok, prompt_sets["held-out"], profs))
+    assert t.loc["top-2", ("held-out", "total")] == pytest.approx(want["total"], abs=1e-4)   # batching: float noise
+    mean = t.loc["random-2 (mean of 2)", ("first", "man")]
+    per = []
+    for d in (1, 2):
+        with cu.mask_neurons(model, sets[f"random-2 #{d}"]):
+            per.append(gb.bias_summary(gb.bias_scores(model, tok, prompt_sets["first"], profs))["man"])
+    assert mean == pytest.approx(sum(per) / 2, abs=1e-4)
+    assert list(t.index) == ["original", "top-2", "random-2 (mean of 2)"]
