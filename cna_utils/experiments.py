@@ -1,0 +1,89 @@
+"""The causal checks of a CNA ranking: Table 5 (mask / keep / coef), Table 6 (zero the lowest top
+neuron) and the importance score against the effect of zeroing a neuron.
+
+Usage::
+
+    mask_keep(model, tok, cases, res)               # Table 5, per case and k
+    lowest_neuron_effect(model, tok, cases, res)    # Table 6, per case and k
+"""
+from __future__ import annotations
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from .circuits import lowest_neuron
+from .depth import depth_map
+from .models import spec
+from .neurons import coef_decrease, neuron_effects, run_masked, top_neurons
+from .study import CNAResult
+
+__all__ = ["mask_keep", "importance_vs_effect", "lowest_neuron_effect"]
+
+def mask_keep(model, tokenizer, cases, res: CNAResult, ks=(99, 50, 30, 20, 10), deep_layers=None,
+              progress: bool = False) -> pd.DataFrame:
+    """Paper Table 5, per case and k: is the answer still the argmax when the case's top-k CNA
+    neurons are zeroed ("mask"), when every deep neuron but the case's k top CNA neurons among the
+    ``deep_layers`` is zeroed ("keep"), and how much lower are the top-k neurons' coefficient scores
+    in the intervened model ("coef", %)? Neurons the head cannot reach score exactly 0, so past them
+    the order within a top-k is arbitrary. One forward per case and mode (the k values are rows of
+    one batch)."""
+    if not ks:
+        raise ValueError("ks is empty: give the top-k sizes to test, e.g. (99, 50, 30, 20, 10)")
+    deep = list(deep_layers) if deep_layers is not None else depth_map(spec(model).n_layers)["deep"]
+    outside = torch.tensor([l not in set(deep) for l in res.layers])
+    kmax = max(ks)
+    rows = []
+    for i, c in enumerate(tqdm(cases, desc="mask / keep", disable=not progress, leave=False)):
+        top = res.top(kmax, case=i)
+        sets = [list(zip(top.layer[:k], top.neuron[:k])) for k in ks]
+        masked = run_masked(model, tokenizer, c.prompt_ids, res.targets[i], sets, mode="zero")
+        in_deep = res.score[i].clone()
+        in_deep[outside] = float("-inf")              # the top-k among the deep neurons, which "keep" spares
+        top_deep = top_neurons(in_deep, min(kmax, int((~outside).sum()) * in_deep.shape[-1]), layers=res.layers)
+        kept = run_masked(model, tokenizer, c.prompt_ids, res.targets[i],
+                          [list(zip(top_deep.layer[:k], top_deep.neuron[:k])) for k in ks], mode="keep", layers=deep)
+        for j, k in enumerate(ks):
+            t = top.iloc[:k]
+            rows.append(dict(case=i, prompt=c.prompt, k=k, mask_correct=bool(masked["correct"][j]),
+                             keep_correct=bool(kept["correct"][j]),
+                             coef=coef_decrease(torch.tensor(t.coef_ori.values), torch.tensor(t.coef_inv.values))))
+    return pd.DataFrame(rows)
+
+
+def importance_vs_effect(model, tokenizer, cases, res: CNAResult, n_cases: int, top: int) -> pd.DataFrame:
+    """For the first ``n_cases`` cases: the ``top`` neurons by importance score in the original model,
+    each with its static importance score and the causal effect of zeroing it alone (drop in
+    log p(answer), one batched forward per case)."""
+    frames = []
+    for i, c in enumerate(cases[:n_cases]):
+        t = top_neurons(res.imp_ori[i], top, layers=res.layers)
+        eff = neuron_effects(model, tokenizer, c.prompt_ids, res.targets[i], list(zip(t.layer, t.neuron)))
+        frames.append(t.assign(case=i, prompt=c.prompt, effect=eff.logprob_drop.values))
+    return pd.concat(frames, ignore_index=True)
+
+
+def lowest_neuron_effect(model, tokenizer, cases, res: CNAResult, ks=(99, 50, 30, 20, 10),
+                         progress: bool = False) -> pd.DataFrame:
+    """Paper Table 6, per case and k: zero the lowest neuron among the case's top-k CNA neurons (the
+    paper's tie rule: the largest importance score in the lowest layer) in the original model and
+    measure the coefficient decrease (%) of the other top-k neurons."""
+    if not ks:
+        raise ValueError("ks is empty")
+    kmax = max(ks)
+    rows = []
+    for i, c in enumerate(tqdm(cases, desc="lowest neuron", disable=not progress, leave=False)):
+        top = res.top(kmax, case=i)
+        lows = [lowest_neuron(top.iloc[:k]) for k in ks]
+        layers_needed = sorted(set(top.layer))
+        out = run_masked(model, tokenizer, c.prompt_ids, res.targets[i],
+                         [[(int(lo.layer), int(lo.neuron))] for lo in lows], coef_layers=layers_needed)
+        for j, (k, lo) in enumerate(zip(ks, lows)):
+            t = top.iloc[:k]
+            t = t[t.name != lo["name"]]
+            li = [layers_needed.index(l) for l in t.layer]
+            after = out["coef"][j][li, list(t.neuron)]
+            rows.append(dict(case=i, prompt=c.prompt, k=k, lowest=lo["name"], lowest_layer=int(lo.layer),
+                             coef=coef_decrease(torch.tensor(t.coef_ori.values), after),
+                             still_correct=bool(out["correct"][j])))
+    return pd.DataFrame(rows)

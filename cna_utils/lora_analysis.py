@@ -1,0 +1,71 @@
+"""What a LoRA model changes, neuron by neuron (paper Section 5: Tables 9-10 and the LoRA CNA).
+
+Usage::
+
+    coefs, increase = lora_coefficients(model, tok, cases, res, {9: run})   # Tables 9-10
+    imp_lora, imp_ori, tr_lora, tr_ori = lora_cna(model, tok, cases, run)  # CNA, LoRA vs original
+"""
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from .compare import compare
+from .neurons import coef_decrease
+from .study import CNAResult
+from .tracing import trace
+
+__all__ = ["lora_coefficients", "lora_cna"]
+
+def lora_coefficients(model, tokenizer, cases, res: "CNAResult", runs: dict, ks=(50, 30, 20, 10)):
+    """Paper Tables 9-10: the coefficient scores of each case's top-k CNA neurons (``res``, the
+    head comparison of chapter 2) in the original model and in each LoRA model of ``runs``
+    ({layer: run or adapter dir}). Returns (coefs, increase): ``coefs`` [models, cases, kmax] with
+    row 0 the original, and one row per (layer, k) of the mean coefficient increase (%) over the
+    cases, the sign-aware ``-coef_decrease`` (positive = the LoRA model's coefficients are larger in
+    the direction the neuron pushes)."""
+    from .lora import lora_applied
+    kmax = max(ks)
+    tops = [res.top(kmax, case=i) for i in range(len(cases))]
+    layers_needed = sorted({int(l) for t in tops for l in t.layer})
+
+    def coefs():
+        tr = trace(model, tokenizer, cases, layers=layers_needed, keep=("coef",))
+        out = torch.zeros(len(cases), kmax)
+        for i, t in enumerate(tops):
+            li = [layers_needed.index(int(l)) for l in t.layer]
+            out[i, :len(t)] = tr.coef[i, li, list(t.neuron)]
+        return out
+
+    table = [coefs()]
+    for l, run in runs.items():
+        with lora_applied(model, run):
+            table.append(coefs())
+    rows = []
+    for j, l in enumerate(runs, start=1):
+        for k in ks:
+            inc = [-coef_decrease(table[0][i, :k], table[j][i, :k]) for i in range(len(cases))]
+            rows.append(dict(layer=l, k=k, increase=float(torch.tensor(inc).nanmean())))
+    return torch.stack(table), pd.DataFrame(rows)
+
+
+def lora_cna(model, tokenizer, cases, adapter, layers=None, progress: bool = False, scale: str = "original",
+             target: str = "prediction"):
+    """CNA between a LoRA model and the original: returns ``(imp_lora, imp_ori, tr_lora, tr_ori)``
+    (scores [cases, layers, neurons]; traces with ``resid_mid`` and ``coef`` of ``layers``).
+    ``target="prediction"`` (default, as the authors' CNA code) scores each case's answer as the
+    ORIGINAL model's top-1 token at the last position; ``target="gold"`` scores the first token of
+    the gold answer (the two differ only where the original model is wrong). ``scale="original"``
+    (default, as the authors' code and the head CNA) freezes both models' final norm at the ORIGINAL
+    model's statistics; ``scale="own"`` freezes each model's at its own final residual. Below the
+    LoRA layer both models compute the same thing, so at the original's scale the two scores are
+    equal there (tested): pass ``layers`` from the LoRA layer up to skip that work."""
+    if scale not in ("original", "own"):
+        raise ValueError(f"scale must be 'original' (the authors' choice) or 'own', got {scale!r}")
+    if target not in ("prediction", "gold"):
+        raise ValueError(f"target must be 'prediction' (the original model's top-1, the authors' choice) or 'gold', "
+                         f"got {target!r}")
+    from .lora import lora_applied
+    c = compare(model, tokenizer, cases, condition=lambda: lora_applied(model, adapter), target=target, layers=layers,
+                norm="a" if scale == "original" else "own", progress=progress)
+    return c.imp_b, c.imp_a, c.traces[1], c.traces[0]
