@@ -32,7 +32,10 @@ def _run_line(loaded: dict) -> str:
     minutes = sum(r["run"]["seconds"] for r in loaded.values()) / 60
     commits = sorted({str(r["run"].get("code_commit") or "?")[:7] for r in loaded.values()})
     second = sorted({r["run"]["model"] for k, r in loaded.items() if k.startswith("second/")})
-    times = ", ".join(f"{_short(k)} {r['run']['seconds'] / 60:.1f}" for k, r in loaded.items())
+    threads = first["torch_threads"]
+    times = ", ".join(f"{_short(k)} {r['run']['seconds'] / 60:.1f}"
+                      + (f" ({r['run']['torch_threads']} thread{'s' * (r['run']['torch_threads'] != 1)})"
+                         if r["run"]["torch_threads"] != threads else "") for k, r in loaded.items())
     return (f"Run: {first['model']}" + (f" ({w['quantization'].split(' (')[0]}, SHA-256 {w['sha256'][:12]}...)" if w else "")
             + f", profile `{first['profile']}`" + (f", second model {', '.join(second)}" if second else "")
             + f"; code {', '.join(commits)}; {max(r['run']['date'] for r in loaded.values())[:10]}. "
