@@ -53,30 +53,31 @@ def _second_banner(model: str, second: str, profile: str, stem: str, copied: boo
             f"every number and verdict on the page is the second model's.")
 
 
-def _relabel(path: Path, suffix: str) -> None:
-    """Give a chapter's second run its own figure labels (labels are unique across the book): every
-    figure name in the cells' mystnb metadata and every {numref} to it get ``suffix``."""
+def _finish_page(path: Path, banner: str | None = None, label_suffix: str = "") -> None:
+    """One pass over an executed chapter: papermill's injected-parameters cell (it holds machine
+    paths) is kept out of the page; ``banner`` opens the page after its title; a second run of a
+    chapter gets its own figure labels (labels are unique across the book): every figure name in
+    the cells' mystnb metadata and every {numref} to it get ``label_suffix``."""
     import re
 
     import nbformat
     nb = nbformat.read(path, as_version=4)
     names = set()
     for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = tags + ["remove-cell"]
         fig = cell.metadata.get("mystnb", {}).get("figure", {})
-        if "name" in fig:
+        if label_suffix and "name" in fig:
             names.add(fig["name"])
-            fig["name"] += suffix
+            fig["name"] += label_suffix
     for cell in nb.cells:
-        if cell.cell_type == "markdown":
-            cell.source = re.sub(r"\{numref\}`([^`<]+)`", lambda m: "{numref}`" + m.group(1) + suffix + "`"
+        if names and cell.cell_type == "markdown":
+            cell.source = re.sub(r"\{numref\}`([^`<]+)`", lambda m: "{numref}`" + m.group(1) + label_suffix + "`"
                                  if m.group(1) in names else m.group(0), cell.source)
-    nbformat.write(nb, path)
-
-
-def _prepend_markdown(path: Path, text: str) -> None:
-    import nbformat
-    nb = nbformat.read(path, as_version=4)
-    nb.cells.insert(1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0, nbformat.v4.new_markdown_cell(text))
+    if banner:
+        nb.cells.insert(1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0,
+                        nbformat.v4.new_markdown_cell(banner))
     nbformat.write(nb, path)
 
 
@@ -122,12 +123,10 @@ def execute_notebooks(root: Path, profile: str, model: str, only: list[str] | No
         pm.execute_notebook(str(nb), str(out / name), cwd=str(out), progress_bar=False,
                             parameters=dict(PROFILE=profile, MODEL=m, RESULTS_DIR=str(res.resolve()), **extra))
         print(f"  {name}: {time.time() - t:.0f} s", flush=True)
-        _hide_injected_parameters(out / name)
         if out.name == SECOND:
-            _prepend_markdown(out / name, _second_banner(model, m, profile, name, copied=False))
-            _relabel(out / name, "-second")
-        elif extra:
-            _relabel(out / name, "-division")
+            _finish_page(out / name, _second_banner(model, m, profile, name, copied=False), "-second")
+        else:
+            _finish_page(out / name, label_suffix="-division" if extra else "")
         done.append(out / name)
     if not second_model:
         _second_placeholders(src, out_dir / SECOND)
@@ -136,24 +135,13 @@ def execute_notebooks(root: Path, profile: str, model: str, only: list[str] | No
         (results / SECOND).mkdir(exist_ok=True)
         for nb in second:
             shutil.copy(out_dir / nb.name, out_dir / SECOND / nb.name)
-            _prepend_markdown(out_dir / SECOND / nb.name, _second_banner(model, model, profile, nb.name, copied=True))
-            _relabel(out_dir / SECOND / nb.name, "-second")
+            _finish_page(out_dir / SECOND / nb.name, _second_banner(model, model, profile, nb.name, copied=True),
+                         "-second")
             r = json.loads((results / f"{nb.stem}.json").read_text())
             r["second_model_is_main_model"] = True
             (results / SECOND / f"{nb.stem}.json").write_text(json.dumps(r, indent=2))
             done.append(out_dir / SECOND / nb.name)
     return done
-
-
-def _hide_injected_parameters(path: Path) -> None:
-    """Keep papermill's injected-parameters cell (it holds machine paths) out of the page."""
-    import nbformat
-    nb = nbformat.read(path, as_version=4)
-    for cell in nb.cells:
-        tags = cell.metadata.get("tags", [])
-        if "injected-parameters" in tags and "remove-cell" not in tags:
-            cell.metadata["tags"] = tags + ["remove-cell"]
-    nbformat.write(nb, path)
 
 
 def write_pages(root: Path) -> None:
