@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from .evaluate import accuracy
+from .evaluate import accuracy, relative_decrease
 from .neurons import mask_neurons
 
 __all__ = ["accuracy_decrease", "zero_shot_table"]
@@ -27,7 +27,7 @@ def accuracy_decrease(model, tokenizer, cases, neurons, base: float | None = Non
     if base == 0:
         raise ValueError("the model answers none of these cases: a relative decrease is undefined")
     with mask_neurons(model, list(neurons)):
-        return float(100 * (base - accuracy(model, tokenizer, cases).first_correct.mean()) / base)
+        return float(relative_decrease(base, accuracy(model, tokenizer, cases).first_correct.mean()))
 
 
 def zero_shot_table(model, tokenizer, cases, hid: pd.DataFrame, random_draws: int = 5, seed: int = 0,
