@@ -32,7 +32,7 @@ import torch
 import yaml
 
 from .data import Case, align
-from .forward import answer_logits, encode, length_batches, model_device, score
+from .forward import answer_logprobs, model_device
 from .compare import compare
 from .neurons import mask_neurons, top_neurons
 from .tracing import trace
@@ -73,11 +73,7 @@ def _cases(tokenizer, prompts, words) -> list[Case]:
 def continuation_logprob(model, tokenizer, prompts, words, batch_size: int = 64) -> pd.DataFrame:
     """Full log-probability of each word (all its tokens, teacher-forced) as the continuation of
     each prompt: a DataFrame [prompts x words]."""
-    cases = _cases(tokenizer, prompts, words)
-    out = torch.empty(len(cases))
-    for idx in length_batches(cases, batch_size):
-        batch = encode(tokenizer, [cases[i] for i in idx], model_device(model))
-        out[idx] = score(answer_logits(model, batch), batch.targets)["token_logprob"].sum(-1)
+    out = answer_logprobs(model, _cases(tokenizer, prompts, words), batch_size)   # one prompt forward per prompt
     return pd.DataFrame(out.view(len(prompts), len(words)).numpy(), index=list(prompts), columns=list(words))
 
 

@@ -13,6 +13,7 @@ predicts answer token j.
 """
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -22,7 +23,8 @@ from torch import nn
 from .hooks import attached, post
 from .models import _family, _get, base_model, layers, unembed
 
-__all__ = ["Batch", "length_batches", "encode", "hidden_at_answers", "answer_logits", "score", "start_at_layer", "model_device"]
+__all__ = ["Batch", "length_batches", "encode", "hidden_at_answers", "answer_logits", "score", "start_at_layer", "model_device",
+           "answer_logprobs"]
 
 
 def model_device(model) -> torch.device:
@@ -172,3 +174,45 @@ def score(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor
     return dict(first_correct=tok_ok[rows, first].cpu(), answer_correct=(tok_ok | ~valid).all(-1).cpu(),
                 gold_logprob=gold[rows, first].cpu(), token_correct=tok_ok.cpu(), pred=pred[rows, first].cpu(),
                 token_logprob=(gold * valid).cpu())
+
+
+@torch.no_grad()
+def answer_logprobs(model, cases, batch_size: int = 64) -> torch.Tensor:
+    """The full log-probability of each aligned case's answer (every answer token, teacher-forced): [cases].
+
+    Cases with the same prompt ids run their prompt once; its key/value cache then serves a batch
+    of their answers (chapter 7 asks 32 professions after each prompt: about 7x fewer tokens than
+    one padded sequence per case, with the same numbers up to float rounding, tested on every family)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, c in enumerate(cases):
+        if not c.answer_ids:
+            raise ValueError(f"case {c.prompt!r} is not aligned to a tokenizer: call align(cases, tokenizer)")
+        groups.setdefault(tuple(c.prompt_ids), []).append(i)
+    dev, base, head = model_device(model), base_model(model), unembed(model)
+    out = torch.empty(len(cases))
+    for prompt, idx in groups.items():
+        P = len(prompt)
+        pre = base(input_ids=torch.tensor([prompt], device=dev), use_cache=True)
+        first = torch.log_softmax(head(pre.last_hidden_state[:, -1]).float(), -1)[0].cpu()
+        for j in range(0, len(idx), batch_size):
+            rows = idx[j:j + batch_size]
+            answers = [list(cases[i].answer_ids) for i in rows]
+            total = torch.tensor([float(first[a[0]]) for a in answers])
+            S = max(len(a) for a in answers) - 1
+            if S > 0:                       # answer tokens 1.. read the prompt's cache and answer[:-1]
+                ids = torch.zeros(len(rows), S, dtype=torch.long)
+                mask = torch.zeros(len(rows), P + S, dtype=torch.long)
+                mask[:, :P] = 1
+                for r, a in enumerate(answers):
+                    ids[r, :len(a) - 1] = torch.tensor(a[:-1], dtype=torch.long)
+                    mask[r, P:P + len(a) - 1] = 1
+                cache = copy.deepcopy(pre.past_key_values)
+                cache.batch_repeat_interleave(len(rows))
+                pos = torch.arange(P, P + S).expand(len(rows), S)
+                h = base(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                         past_key_values=cache, use_cache=True).last_hidden_state
+                lp = torch.log_softmax(head(h.reshape(-1, h.shape[-1])).float(), -1).view(len(rows), S, -1).cpu()
+                for r, a in enumerate(answers):
+                    total[r] += sum(float(lp[r, t - 1, a[t]]) for t in range(1, len(a)))
+            out[rows] = total
+    return out

@@ -102,7 +102,7 @@ def _series_scores(z0, a, PT, gain, order, tol, chunk):
     """Exact scores by the moment series (see ``importance_scores``). Neurons are taken in order of
     their largest |a_k| over the cases, so a chunk of small effects stops at the first even order
     whose proven bound is below ``tol`` for all of its scores; scores whose bound is still above
-    ``tol`` at ``order`` are computed by the definition. Returns (scores, number scored so)."""
+    ``tol`` at ``order`` are computed by the definition. Returns (scores, number scored so per case)."""
     p0 = torch.softmax(z0, -1)                                   # [B, V]
     out = torch.empty_like(gain)
     exact = torch.zeros(gain.shape, dtype=torch.bool, device=gain.device)
@@ -129,7 +129,22 @@ def _series_scores(z0, a, PT, gain, order, tol, chunk):
     for b in exact.any(1).nonzero().flatten().tolist():
         ks = exact[b].nonzero().flatten()
         out[b, ks] = _lse_scores(z0[b:b + 1], a[b:b + 1, ks], PT[ks], gain[b:b + 1, ks], 32)[0]
-    return out, int(exact.sum())
+    return out, exact.sum(1)
+
+
+def _same_inputs(tr: Trace, norm: Trace, layers) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ``tr`` whose scored inputs (residual, coefficients of ``layers``, final-norm
+    statistics) are equal bit for bit: ``(reps, inverse)`` with ``reps`` one row per distinct input
+    and ``inverse[b]`` the position in ``reps`` of case b's input."""
+    li = [tr.layer_index(l) for l in layers]
+    key = torch.cat([tr.resid_mid[:, li].flatten(1), tr.coef[:, li].flatten(1),
+                     norm.norm_scale.reshape(len(norm.norm_scale), -1).float(),
+                     norm.norm_mean.reshape(len(norm.norm_mean), -1).float()], 1)
+    first: dict[bytes, int] = {}
+    inverse = [first.setdefault(key[b].numpy().tobytes(), b) for b in range(len(key))]
+    reps = sorted(set(inverse))
+    pos = {r: i for i, r in enumerate(reps)}
+    return torch.tensor(reps, dtype=torch.long), torch.tensor([pos[r] for r in inverse], dtype=torch.long)
 
 
 @torch.no_grad()
@@ -199,6 +214,7 @@ def importance_scores(model, trace: Trace | list[Trace], target_ids, layers=None
     dev = model_device(model)
     outs = [torch.zeros(len(tr.logits), len(sel), s.d_mlp) for tr in traces]
     counts = {"exact_neurons": 0, "scores": 0}
+    groups = {id(tr): _same_inputs(tr, traces[0] if shared_norm else tr, sel) for tr in traces}
     it = tqdm(sel, desc="importance", disable=not progress, leave=False)
     for j, l in enumerate(it):
         PT = projection(model, l)                              # [N, V]
@@ -210,10 +226,22 @@ def importance_scores(model, trace: Trace | list[Trace], target_ids, layers=None
             a = tr.coef[:, li].to(dev).float() / sc.unsqueeze(-1)             # [B, N]
             tg = tgt.to(dev)
             gain = a * PT[:, tg].t()                            # [B, N] change of the target logit
-            if method == "lse":
+            reps, inv = groups[id(tr)]
+            if len(reps) < len(gain):
+                # cases with the same inputs (one prompt, several targets) share log S: it is computed
+                # once per distinct row, with a zero gain, and each case adds its own gain
+                zero = torch.zeros(len(reps), gain.shape[1], device=dev)
+                if method == "lse":
+                    neg_log_s, n_exact = _lse_scores(z0[reps], a[reps], PT, zero, chunk), gain.numel()
+                else:
+                    neg_log_s, per_row = _series_scores(z0[reps], a[reps], PT, zero, int(order), tol, 256)
+                    n_exact = int(per_row[inv].sum())
+                sc_l = gain + neg_log_s[inv]
+            elif method == "lse":
                 sc_l, n_exact = _lse_scores(z0, a, PT, gain, chunk), gain.numel()
             else:
-                sc_l, n_exact = _series_scores(z0, a, PT, gain, int(order), tol, 256)
+                sc_l, per_row = _series_scores(z0, a, PT, gain, int(order), tol, 256)
+                n_exact = int(per_row.sum())
             out[:, j] = sc_l.cpu()
             counts["exact_neurons"] += n_exact
             counts["scores"] += gain.numel()

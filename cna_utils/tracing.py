@@ -55,6 +55,13 @@ class Trace:
             return tensors[name]
         raise AttributeError(f"Trace has no {name!r}; captured: {sorted(tensors)} (pass keep=... to trace)")
 
+    def rows(self, index) -> "Trace":
+        """The trace of the cases at ``index`` (a list or 1-D tensor of row numbers, repeats allowed)."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return Trace(layers=list(self.layers), positions=self.positions, lengths=self.lengths[idx],
+                     norm_scale=self.norm_scale[idx], norm_mean=self.norm_mean[idx], logits=self.logits[idx],
+                     tensors={k: v[idx] for k, v in self.tensors.items()})
+
     def layer_index(self, layer: int) -> int:
         """Position of model layer ``layer`` along the L axis."""
         try:
@@ -111,7 +118,8 @@ def trace(model, tokenizer, prompts, positions: str = "last", layers=None, keep=
 
     ``positions``: "last" (the last real token; memory O(B x L)) or "all". ``layers``: which
     layers to keep (default all). ``keep``: which quantities (default all of ``KEEP_ALL``).
-    Tensors are returned on the CPU in float32."""
+    Tensors are returned on the CPU in float32. Prompts with the same token ids run once and share
+    their rows (bit for bit): chapter 7 asks one prompt for 32 professions."""
     if positions not in ("last", "all"):
         raise ValueError(f"positions must be 'last' or 'all', got {positions!r}")
     if len(prompts) == 0:
@@ -134,6 +142,11 @@ def trace(model, tokenizer, prompts, positions: str = "last", layers=None, keep=
             seqs.append(list(p.prompt_ids))
         else:
             seqs.append(list(p))
+    first: dict[tuple, int] = {}
+    inverse = [first.setdefault(tuple(q), len(first)) for q in seqs]
+    if len(first) < len(seqs):
+        unique = trace(model, tokenizer, [list(q) for q in first], positions, sel, keep, batch_size, device)
+        return unique.rows(inverse)
     dev = device or model_device(model)
     out: dict[str, list] = {k: [] for k in keep}
     scales, means, logits, lengths = [], [], [], []

@@ -1,9 +1,11 @@
 """Mathematical identities on tiny random models of every supported family."""
+import dataclasses
+
 import pytest
 import torch
 
 import cna_utils as cu
-from cna_utils.forward import answer_logits, encode
+from cna_utils.forward import answer_logits, answer_logprobs, encode, score
 
 from conftest import FAMILIES, PadTokenizer, make_model, random_cases
 
@@ -308,3 +310,16 @@ def test_attention_pattern_is_causal_and_leaves_the_model_as_it_was(fam):
     torch.testing.assert_close(model(ids).logits, before)
     with pytest.raises(IndexError, match="out of range"):
         cu.attention_pattern(model, PadTokenizer(), case, s.n_layers)
+
+
+def test_answer_logprobs_with_a_shared_prompt_cache_equal_one_padded_forward_per_case(tiny):
+    """Chapter 7's bias scores: cases with one prompt share its key/value cache; each answer's
+    log-probability equals the teacher-forced sum from a plain padded forward."""
+    _, model = tiny
+    base = random_cases(model, n=3, answer_len=(1, 4))
+    cases = [dataclasses.replace(c, prompt=base[0].prompt, prompt_ids=base[0].prompt_ids) for c in base] + base[1:]
+    got = answer_logprobs(model, cases, batch_size=2)            # batches of 2 answers per prompt
+    batch = encode(TOK, cases)
+    ref = score(answer_logits(model, batch), batch.targets)["token_logprob"].sum(-1)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    assert len({len(c.answer_ids) for c in cases}) > 1              # answers of different lengths

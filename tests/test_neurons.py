@@ -72,12 +72,42 @@ def test_series_error_stays_below_its_proven_bound(scale):
     gain = a * PT[:, tg].t()
     ref = _lse_scores(z0, a, PT, gain, 64)
     for tol in (1e-6, 1e-12):
-        got, n_exact = _series_scores(z0, a, PT, gain, 12, tol, 64)
+        got, per_case = _series_scores(z0, a, PT, gain, 12, tol, 64)
+        n_exact = int(per_case.sum())
         assert (got - ref).abs().max() <= tol + 1e-13
         if scale == 3.0:
             assert 0 < n_exact < B * N
         if scale == 0.01:
             assert n_exact == 0
+
+
+def test_trace_runs_a_repeated_prompt_once_and_copies_its_rows(tiny):
+    _, model = tiny
+    p, q = [c.prompt_ids for c in random_cases(model, n=2)]
+    both = cu.trace(model, TOK, [p, q])
+    rep = cu.trace(model, TOK, [p, q, p, p])
+    for k in ("resid_mid", "coef", "head_in"):
+        assert torch.equal(rep.tensors[k], both.tensors[k][[0, 1, 0, 0]])
+    assert torch.equal(rep.logits, both.logits[[0, 1, 0, 0]])
+    assert torch.equal(rep.norm_scale, both.norm_scale[[0, 1, 0, 0]])
+
+
+@pytest.mark.parametrize("method", ["series", "lse"])
+def test_one_prompt_with_many_targets_equals_each_case_scored_alone(tiny, method):
+    """Cases that share their input share log S (computed once); each keeps its own target's gain."""
+    _, model = tiny
+    c1, c2 = random_cases(model, n=2)
+    V = cu.unembed(model).weight.shape[0]
+    prompts = [c1.prompt_ids] * 3 + [c2.prompt_ids]
+    targets = [c1.answer_ids[0], 3 % V, 11 % V, c2.answer_ids[0]]
+    tr = cu.trace(model, TOK, prompts)
+    st = {}
+    shared = cu.importance_scores(model, tr, targets, method=method, stats=st)
+    assert st["scores"] == shared.numel()
+    for b, (pr, w) in enumerate(zip(prompts, targets)):
+        alone = cu.importance_scores(model, cu.trace(model, TOK, [pr]), [w], method=method)
+        torch.testing.assert_close(shared[b], alone[0], atol=2e-6, rtol=1e-5)
+    assert (shared[0] - shared[1]).abs().max() > 1e-4                   # different targets, different scores
 
 
 def test_importance_for_two_traces_shares_projection(tiny):
