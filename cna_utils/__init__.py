@@ -6,6 +6,9 @@ Models through Comparative Neuron Analysis", on any supported causal LM.
 Models (``models``)
     load_model(name="smollm2-135m", device=None, dtype=None) -> (model, tokenizer)
     spec(model) -> ModelSpec            shape facts and family (llama, gpt2, gptj, gpt_neox)
+Families (``families``)
+    family(model) -> Family             every architecture fact (module paths, norm, q/k/v layout, ...)
+    register(Family(...), "model_type") support a new architecture with one entry
     layers / attention / o_proj / mlp / down_proj / ffn_values / ffn_keys / final_norm / unembed
 Data (``data``)
     arithmetic_dataset(ops, digits, templates, words, n, seed, negative, tokenizer) -> [Case]
@@ -53,6 +56,7 @@ from . import analysis, bias, chapter, lora, prune  # noqa: E402
 from .circuits import (attn_norm_linear, hidden_interpretable, lowest_neuron, ov_backproject, ov_factors, ov_transform,
                        pe_dag_edges, transfer_scores)
 from .compare import Comparison, compare
+from .families import Family, family, register
 from .data import AlignmentError, Case, align, arithmetic_dataset, digit_cases, digit_kinds, number_word
 from .evaluate import accuracy, relative_decrease, summarize, token_table
 from .heads import ablate_heads, head_means, head_name, head_sweep, parse_heads, zeroed_in_weights

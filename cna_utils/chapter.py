@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .models import ModelSpec, load_model, model_label, spec
+from .families import ModelSpec, spec
+from .models import load_model, model_label
 from .profiles import get_profile, save_results
 from .weights import WEIGHTS, provenance
 

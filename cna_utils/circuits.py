@@ -28,8 +28,8 @@ import torch
 from tqdm import tqdm
 
 from .heads import parse_heads
-from .models import (_family, ffn_keys, ffn_values, final_norm, ov_weights, pre_attn_norm, spec, unembed,
-                     weights_fingerprint)
+from .families import family, ffn_keys, ffn_values, final_norm, ov_weights, pre_attn_norm, spec, unembed
+from .models import weights_fingerprint
 from .neurons import neuron_name, parse_neurons
 from .vocab import count_concepts
 
@@ -42,7 +42,7 @@ def attn_norm_linear(model, l: int, v: torch.Tensor, scale=None) -> torch.Tensor
     ``scale`` is s of the real residual at that position, default 1)."""
     n = pre_attn_norm(model, l)
     x = v.float()
-    if _family(model).norm == "layer":
+    if family(model).norm == "layer":
         x = x - x.mean(-1, keepdim=True)
     x = x * n.weight.float()
     if scale is not None:
@@ -79,7 +79,7 @@ def ov_backproject(model, l: int, w: torch.Tensor, heads=None, scale=None) -> to
     u = u * n.weight.float()
     if scale is not None:
         u = u / float(scale)
-    if _family(model).norm == "layer":
+    if family(model).norm == "layer":
         u = u - u.mean()
     return u
 

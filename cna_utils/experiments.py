@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from .circuits import lowest_neuron
 from .depth import depth_map
-from .models import spec
+from .families import spec
 from .neurons import coef_decrease, neuron_effects, run_masked, top_neurons
 from .study import CNAResult
 

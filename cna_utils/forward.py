@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .hooks import attached, post
-from .models import _family, _get, base_model, layers, unembed
+from .families import family, _get, base_model, layers, unembed
 
 __all__ = ["Batch", "length_batches", "encode", "hidden_at_answers", "answer_logits", "score", "start_at_layer", "model_device",
            "answer_logprobs"]
@@ -105,7 +105,7 @@ def start_at_layer(model, layer: int):
     """Within the block, ``base_model(model)(inputs_embeds=x^{layer-1}, ...)`` runs layers
     ``layer..L-1`` only (plus the final norm): the decoder list is temporarily cut, learned
     position embeddings are silenced (x already contains them). Restored on exit."""
-    fam = _family(model)
+    fam = family(model)
     parent_path, _, attr = fam.layers.rpartition(".")
     parent = _get(model, parent_path)
     full = layers(model)

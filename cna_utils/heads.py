@@ -35,7 +35,8 @@ from .data import align
 from .evaluate import summarize
 from .forward import answer_logits, encode, length_batches, model_device, score
 from .hooks import attached, capture_input, pre
-from .models import layers, model_label, o_proj, parameter_sums, parse_pair, spec, weight_out_in
+from .families import layers, o_proj, spec, weight_out_in
+from .models import model_label, parameter_sums, parse_pair
 
 __all__ = ["ablate_heads", "head_means", "zeroed_in_weights", "head_sweep", "parse_heads", "head_name"]
 

@@ -40,7 +40,8 @@ from tqdm.auto import tqdm
 from .data import align, arithmetic_dataset
 from .evaluate import accuracy
 from .forward import answer_logits, encode, model_device
-from .models import _family, attention, spec, weights_fingerprint
+from .families import attention, spec, stores_in_out
+from .models import weights_fingerprint
 from .profiles import save_results
 
 __all__ = ["attention_linears", "lora_config", "lora_applied", "lora_splits", "train_lora", "train_cached", "run_key",
@@ -56,7 +57,7 @@ def attention_linears(model, layer: int) -> list[str]:
     attn = attention(model, layer)
     prefix = next(name for name, m in model.named_modules() if m is attn)
     names = [f"{prefix}.{n}" for n, m in attn.named_modules()
-             if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"]
+             if isinstance(m, nn.Linear) or stores_in_out(m)]
     if not names:
         raise ValueError(f"layer {layer}'s attention block has no linear maps to adapt")
     return names
@@ -67,9 +68,12 @@ def lora_config(model, layer: int, r: int = 8, alpha: int = 16):
     from peft import LoraConfig
     if r < 1:
         raise ValueError(f"the LoRA rank r must be >= 1, got {r!r}")
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, bias="none",
-                      target_modules=attention_linears(model, layer),
-                      fan_in_fan_out=_family(model).name == "gpt2")   # GPT-2's Conv1D stores [in, out]
+    names = attention_linears(model, layer)
+    in_out = {stores_in_out(model.get_submodule(n)) for n in names}
+    if len(in_out) > 1:
+        raise ValueError(f"layer {layer}'s attention mixes [in, out] and [out, in] weights; one LoRA config cannot adapt both")
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, bias="none", target_modules=names,
+                      fan_in_fan_out=in_out.pop())                   # GPT-2's Conv1D stores [in, out]
 
 
 def trainable_parameters(model) -> int:

@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 from .forward import encode, model_device
 from .hooks import attached, capture_input, pre
-from .models import down_proj, ffn_values, final_norm, parse_pair, spec, unembed
+from .families import down_proj, ffn_values, final_norm, spec, unembed
+from .models import parse_pair
 from .tracing import Trace, frozen_logits
 
 __all__ = ["importance_scores", "projection", "cna", "top_neurons", "parse_neurons", "neuron_name",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .models import _family, _get, _in_layer, layers, spec, weight_out_in
+from .families import _get, _in_layer, family, layers, spec, stores_in_out, weight_out_in
 
 __all__ = ["prune_ffn", "ffn_parameters", "union_top_neurons", "random_keep", "kept_count"]
 
@@ -27,7 +27,7 @@ __all__ = ["prune_ffn", "ffn_parameters", "union_top_neurons", "random_keep", "k
 def _as_linear(m: nn.Module) -> nn.Module:
     """A Linear equal to ``m`` (GPT-2's Conv1D stores its weight as [in, out] and cannot take zero
     inputs; a Linear can, so a layer may lose every neuron)."""
-    if type(m).__name__ != "Conv1D":
+    if not stores_in_out(m):
         return m
     lin = nn.Linear(m.weight.shape[0], m.weight.shape[1], bias=m.bias is not None, device=m.weight.device,
                     dtype=m.weight.dtype)
@@ -47,7 +47,7 @@ def prune_ffn(model, keep: dict) -> nn.Module:
     """Remove, IN PLACE, every FFN neuron of the layers in ``keep`` except ``keep[layer]`` (a list
     of neuron indices, possibly empty; layers not in ``keep`` are untouched). Returns the model.
     Copy it first (``copy.deepcopy``) to keep the original."""
-    fam, s = _family(model), spec(model)
+    fam, s = family(model), spec(model)
     for l, ks in keep.items():
         if not isinstance(l, int) or not 0 <= l < s.n_layers:
             raise IndexError(f"layer {l!r} is out of range 0..{s.n_layers - 1}")

@@ -32,7 +32,7 @@ import torch
 from .data import Case
 from .forward import answer_logits, encode, model_device
 from .hooks import attached, capture_input, capture_output
-from .models import attention, down_proj, final_norm, layers as layer_list, mlp, o_proj, spec, unembed
+from .families import attention, family, down_proj, final_norm, layers as layer_list, mlp, o_proj, spec, unembed
 
 __all__ = ["Trace", "trace", "frozen_norm", "frozen_logits", "norm_stats", "KEEP_ALL", "attention_pattern"]
 
@@ -74,7 +74,7 @@ def _norm_stats(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x: [..., d] -> (scale, mean) of the final norm, each [...]."""
     s = spec(model)
     xf = x.float()
-    if s.family == "llama":
+    if family(model).norm == "rms":
         return torch.sqrt(xf.pow(2).mean(-1) + s.norm_eps), torch.zeros(xf.shape[:-1], device=x.device)
     mu = xf.mean(-1)
     return torch.sqrt(xf.var(-1, unbiased=False) + s.norm_eps), mu

@@ -16,7 +16,7 @@ from importlib import resources
 import torch
 import yaml
 
-from .models import final_norm, unembed
+from .families import final_norm, unembed
 
 __all__ = ["vocab_logits", "vocab_projection", "token_text", "load_lexicon", "concept_mask", "count_concepts"]
 

@@ -119,7 +119,7 @@ def test_pruning_equals_zeroing(name):
     pruned = cu.trace(small, TOK, cases, keep=()).logits
     torch.testing.assert_close(pruned, zeroed, atol=2e-5, rtol=1e-5)
     # each removed neuron takes its key rows (up, and gate if gated), their biases and its value column
-    up = cu.models._in_layer(model, 1, "up")
+    up = cu.families._in_layer(model, 1, "up")
     per_neuron = (3 if s.family == "llama" else 2) * s.d_model + (1 if getattr(up, "bias", None) is not None else 0)
     removed = len(dropped) * per_neuron
     assert prune.ffn_parameters(model, list(keep)) - prune.ffn_parameters(small, list(keep)) == removed
