@@ -27,7 +27,7 @@ from _common import start, write
 import cna_utils as cu
 from cna_utils import bias
 from cna_utils.forward import answer_logits, encode, length_batches, score
-from cna_utils.neurons import _series_scores
+from cna_utils.importance import _series_scores
 from cna_utils.tracing import frozen_logits
 
 

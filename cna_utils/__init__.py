@@ -23,7 +23,7 @@ Heads (``heads``)
     ablate_heads(model, heads, method="zero"|"mean", means)   context manager (o_proj input slices)
     head_means(model, tokenizer, cases);  zeroed_in_weights(model, heads)  (the authors' way)
     head_sweep(model, tokenizer, cases, heads=None, ...) -> DataFrame   batched, resumable
-Neurons (``neurons``)
+Neurons (``importance``, ``neurons``)
     importance_scores(model, trace_or_traces, target_ids) -> [cases, layers, neurons]   exact, batched
     cna(scores_a, scores_b);  top_neurons(score, k, layers, **columns) -> DataFrame
     mask_neurons(model, neurons, mode="zero"|"keep", layers)   context manager (every position)

@@ -62,7 +62,7 @@ def test_series_scores_equal_the_log_sum_exp_on_every_family(tiny):
 def test_series_error_stays_below_its_proven_bound(scale):
     """In float64 the series scores differ from the definition by at most tol; large effects
     (scale 3: |a P| up to ~10 nats) are sent to the definition instead of being approximated."""
-    from cna_utils.neurons import _lse_scores, _series_scores
+    from cna_utils.importance import _lse_scores, _series_scores
     g = torch.Generator().manual_seed(0)
     B, N, V = 3, 300, 500
     z0 = 4 * torch.randn(B, V, generator=g, dtype=torch.float64)
