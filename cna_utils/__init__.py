@@ -22,7 +22,9 @@ Tracing (``tracing``)
 Heads (``heads``)
     ablate_heads(model, heads, method="zero"|"mean", means)   context manager (o_proj input slices)
     head_means(model, tokenizer, cases);  zeroed_in_weights(model, heads)  (the authors' way)
-    head_sweep(model, tokenizer, cases, heads=None, ...) -> DataFrame   batched, resumable
+Sweep (``sweep``)
+    head_sweep(model, tokenizer, cases, heads=None, by, ...) -> DataFrame   batched, resumable
+    head_sweep_cases(...) -> DataFrame   the same, one row per (head, case)
 Neurons (``importance``, ``neurons``)
     importance_scores(model, trace_or_traces, target_ids) -> [cases, layers, neurons]   exact, batched
     cna(scores_a, scores_b);  top_neurons(score, k, layers, **columns) -> DataFrame
@@ -59,7 +61,7 @@ from .compare import Comparison, compare
 from .families import Family, family, register
 from .data import AlignmentError, Case, align, arithmetic_dataset, digit_cases, digit_kinds, number_word
 from .evaluate import accuracy, relative_decrease, summarize, token_table
-from .heads import ablate_heads, head_means, head_name, head_sweep, parse_heads, zeroed_in_weights
+from .heads import ablate_heads, head_means, head_name, parse_heads, zeroed_in_weights
 from .models import (BUILTIN_MODELS, ModelSpec, UnsupportedModelError, attention, down_proj, ffn_keys,
                      ffn_values, final_norm, layers, load_model, mlp, o_proj, ov_weights, pick_device,
                      pre_attn_norm, pre_ffn_norm, spec, unembed, weight_out_in)
@@ -68,6 +70,7 @@ from .neurons import (cna, coef_decrease, importance_scores, mask_neurons, neuro
 from .paper import PAPER_MODEL, paper_table
 from .profiles import PROFILES, get_profile, load_results, save_results, spread_layers
 from .scoreboard import claim, verdict_markdown
+from .sweep import head_sweep, head_sweep_cases
 from .tracing import Trace, attention_pattern, frozen_logits, frozen_norm, trace
 from .vocab import concept_mask, count_concepts, load_lexicon, token_text, vocab_logits, vocab_projection
 

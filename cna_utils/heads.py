@@ -1,10 +1,11 @@
-"""Attention-head interventions (paper Section 3.2) and the batched all-heads sweep.
+"""Attention-head interventions (paper Section 3.2).
 
 Usage::
 
     with ablate_heads(model, [(17, 22)]):          # zero head 22 of layer 17
         acc = accuracy(model, tok, cases)
-    df = head_sweep(model, tok, cases)             # every head, one at a time, batched
+
+The batched sweep of every head is in ``sweep`` (``head_sweep``).
 
 The paper "intervenes the head by setting its parameters to zero". A head's only private
 parameters after the attention pattern are its head_dim-wide slice of the o_proj INPUT (the
@@ -20,25 +21,17 @@ d_model slices are not heads.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from contextlib import contextmanager
-from dataclasses import replace
-from pathlib import Path
 
-import pandas as pd
 import torch
-from tqdm import tqdm
 
 from .data import align
-from .evaluate import summarize
-from .forward import answer_logits, encode, length_batches, model_device, score
+from .forward import answer_logits, encode, length_batches, model_device
 from .hooks import attached, capture_input, pre
-from .families import layers, o_proj, spec, weight_out_in
-from .models import model_label, parameter_sums, parse_pair
+from .families import o_proj, spec, weight_out_in
+from .models import parse_pair
 
-__all__ = ["ablate_heads", "head_means", "zeroed_in_weights", "head_sweep", "parse_heads", "head_name"]
+__all__ = ["ablate_heads", "head_means", "zeroed_in_weights", "parse_heads", "head_name"]
 
 
 def head_name(layer: int, head: int) -> str:
@@ -139,162 +132,3 @@ def head_means(model, tokenizer, cases, batch_size: int = 64) -> torch.Tensor:
             total[l] += v
         count += int(batch.attention_mask.sum())
     return (total / count).view(s.n_layers, s.n_heads, s.head_dim).float()
-
-
-def _fingerprint(model, cases, method, means) -> str:
-    """Identifies a sweep's inputs: model (including a checksum of every weight, so an edited or
-    fine-tuned model with the same name never reuses stale results), cases, method and means."""
-    h = hashlib.sha256()
-    h.update(json.dumps([model_label(model), str(spec(model)), method, str(next(model.parameters()).dtype)]).encode())
-    h.update(json.dumps(parameter_sums(model)).encode())
-    for c in cases:
-        h.update(json.dumps([c.prompt_ids, c.answer_ids]).encode())
-    if means is not None:
-        h.update(means.detach().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-@torch.no_grad()
-def head_sweep(model, tokenizer, cases, heads=None, method: str = "zero", means: torch.Tensor | None = None,
-               by=("op",), batch_size: int = 32, rows_per_forward: int = 512, cache_dir: str | os.PathLike | None = None,
-               progress: bool = True, per_case: bool = False, answer: str = "first", min_rows: int = 64) -> pd.DataFrame:
-    """Ablate every head (or ``heads``) one at a time and score ``cases`` each time.
-
-    Batched: one baseline forward per batch of cases caches the residual stream x^{l-1}; for layer
-    l, the batch is replicated once per head of that layer (each replica row has its own head
-    mask in the o_proj pre-hook) and the forward STARTS at layer l from the cached residual; the LM
-    head runs on the answer positions only. Up to ``rows_per_forward`` rows (cases x heads) go in
-    one forward; when one layer's heads x cases make fewer than ``min_rows`` rows (a single prompt),
-    consecutive layers share a forward that starts at the lowest of them. Results equal a loop of
-    one hooked full forward per head (tests check it).
-
-    ``method="mean"`` uses ``means`` or, if None, the head means over ``cases`` themselves.
-    ``cache_dir``: each finished layer is saved there; a rerun with the same model, cases and method
-    loads finished layers instead of recomputing them (interrupt-safe).
-
-    Returns a DataFrame with one row per (layer, head, *by) plus ``by`` = "all" rows: ``n``,
-    ``accuracy`` (first answer token), ``answer_accuracy`` (all answer tokens, teacher-forced),
-    ``gold_logprob`` (mean log p of the first answer token), the same with ``base_`` for the
-    unablated model, and ``drop`` = base_accuracy - accuracy (bigger = more important head).
-    With ``per_case=True`` returns the long per-(head, case) frame instead.
-
-    ``answer="first"`` (default) feeds only the prompt and scores the first answer token (the
-    paper's accuracy; multi-token answers such as "one hundred and five" cost nothing extra);
-    ``answer="all"`` also feeds the answer teacher-forced and adds ``answer_accuracy``.
-    """
-    s = spec(model)
-    if len(cases) == 0:
-        raise ValueError("no cases given: pass a non-empty list of cases (see arithmetic_dataset)")
-    cases = align(cases, tokenizer)
-    if answer not in ("first", "all"):
-        raise ValueError(f"answer must be 'first' or 'all', got {answer!r}")
-    if method not in ("zero", "mean"):
-        raise ValueError(f"unknown ablation method {method!r}: use 'zero' or 'mean'")
-    if method == "mean" and means is None:
-        means = head_means(model, tokenizer, cases)       # over prompt + answer, whatever ``answer`` scores
-    if answer == "first":
-        cases = [replace(c, answer_ids=c.answer_ids[:1], kinds=c.kinds[:1]) for c in cases]
-    heads = [(l, h) for l in range(s.n_layers) for h in range(s.n_heads)] if heads is None else parse_heads(model, heads)
-    if not heads:
-        raise ValueError("heads is empty: pass None for every head or a list like [(17, 22)]")
-    need = sorted({l for l, _ in heads})
-    dev = model_device(model)
-    chunks = length_batches(cases, batch_size)
-
-    cache = Path(cache_dir) if cache_dir is not None else None
-    fp = None
-    if cache is not None:                    # the weight checksum is only needed to match saved layers
-        cache.mkdir(parents=True, exist_ok=True)
-        fp = _fingerprint(model, cases, method, means)
-    results: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
-    todo: dict[int, list[int]] = {}          # layer -> heads still to compute
-    kept: dict[int, dict] = {}               # layer -> saved results that match (merged into the file)
-    for l in need:
-        f = cache / f"layer_{l:03d}.pt" if cache is not None else None
-        saved = torch.load(f) if f is not None and f.exists() else None
-        kept[l] = saved["heads"] if saved is not None and saved.get("fingerprint") == fp else {}
-        results.update({tuple(k): v for k, v in kept[l].items()})
-        missing = [h for (ll, h) in heads if ll == l and (l, h) not in results]
-        if missing:
-            todo[l] = missing
-    # Baseline pass: the baseline scores, and x^{l-1} cached at every layer still to sweep.
-    base = {k: torch.zeros(len(cases), dtype=torch.bool if k != "gold_logprob" else torch.float32)
-            for k in ("first_correct", "answer_correct", "gold_logprob")}
-    resid, batches = [], []
-    for idx in chunks:
-        batch = encode(tokenizer, [cases[i] for i in idx], dev)
-        store: dict = {}
-        with attached(capture_input({l: layers(model)[l] for l in todo if l > 0}, store)):
-            sc = score(answer_logits(model, batch), batch.targets)
-        for k in base:
-            base[k][idx] = sc[k]
-        resid.append(store)
-        batches.append(batch)
-
-    # Small forwards cost mostly fixed overhead per layer call. When a layer's heads x cases are few
-    # rows, consecutive layers share one forward: it starts at the lowest of them, and each row
-    # zeroes its head in its own layer (rows of a higher layer recompute the layers below it, which
-    # is cheap next to the saved overhead). Each layer is still a unit of the resumable cache.
-    widest = max(len(c) for c in chunks)
-    groups: list[list[int]] = []
-    for l in todo:
-        if groups and groups[-1][-1] == l - 1 and sum(len(todo[x]) for x in groups[-1]) * widest < min_rows:
-            groups[-1].append(l)
-        else:
-            groups.append([l])
-    bar = tqdm(total=len(todo) * len(chunks), desc="head sweep (layer x batch)", disable=not progress, mininterval=10)
-    for group_layers in groups:
-        ghead = [(l, h) for l in group_layers for h in todo[l]]
-        per_head = {lh: {k: torch.zeros_like(v) for k, v in base.items()} for lh in ghead}
-        for idx, batch, store in zip(chunks, batches, resid):
-            B = len(idx)
-            k = max(1, rows_per_forward // B)
-            for j in range(0, len(ghead), k):
-                part = ghead[j:j + k]
-                start = min(l for l, _ in part)
-                hooks = []
-                for l in sorted({l for l, _ in part}):
-                    mask = torch.ones(len(part) * B, s.n_heads, device=dev)
-                    for r, (ll, h) in enumerate(part):
-                        if ll == l:
-                            mask[r * B:(r + 1) * B, h] = 0
-                    hooks.append(pre(o_proj(model, l), _mask_hook(s.n_heads, s.head_dim, mask,
-                                                                   means[l].to(dev) if method == "mean" else None)))
-                rb = batch.repeat(len(part))
-                with attached(hooks):
-                    if start == 0:
-                        logits = answer_logits(model, rb)
-                    else:
-                        logits = answer_logits(model, rb, start_layer=start, resid=store[start].repeat(len(part), 1, 1))
-                sc = score(logits, rb.targets)
-                for r, lh in enumerate(part):
-                    for key in per_head[lh]:
-                        per_head[lh][key][idx] = sc[key][r * B:(r + 1) * B]
-            bar.update(len(group_layers))
-        results.update(per_head)
-        if cache is not None:
-            for l in group_layers:
-                tmp = cache / f"layer_{l:03d}.pt.tmp"
-                torch.save({"fingerprint": fp, "heads": {**kept[l], **{lh: v for lh, v in per_head.items() if lh[0] == l}}},
-                           tmp)
-                os.replace(tmp, cache / f"layer_{l:03d}.pt")
-    bar.close()
-
-    info = pd.DataFrame([c.to_row() for c in cases])
-    frames = []
-    for (l, h) in heads:
-        r = results[(l, h)]
-        f = info.copy()
-        f.insert(0, "case", range(len(cases)))
-        f.insert(0, "head", h)
-        f.insert(0, "layer", l)
-        for key, v in r.items():
-            f[key] = v.numpy()
-            f["base_" + key] = base[key].numpy()
-        frames.append(f)
-    long = pd.concat(frames, ignore_index=True)
-    if answer == "first":                      # identical to first_correct: do not report it twice
-        long = long.drop(columns=["answer_correct", "base_answer_correct"])
-    if per_case:
-        return long
-    return summarize(long, by=by, keys=("layer", "head"))

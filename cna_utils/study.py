@@ -23,7 +23,8 @@ import torch
 from .compare import compare
 from .data import arithmetic_dataset
 from .evaluate import accuracy
-from .heads import ablate_heads, head_name, head_sweep, parse_heads
+from .heads import ablate_heads, head_name, parse_heads
+from .sweep import head_sweep
 from .models import weights_fingerprint
 from .neurons import cna, top_neurons
 from .tracing import trace

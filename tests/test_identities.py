@@ -75,8 +75,8 @@ def test_head_sweep_equals_loop_of_hooked_forwards(tiny, min_rows):
     cases = random_cases(model, n=9, seed=1)
     s = cu.spec(model)
     heads = [(l, h) for l in range(s.n_layers) for h in range(s.n_heads)]
-    sweep = cu.head_sweep(model, TOK, cases, heads=heads, batch_size=4, rows_per_forward=8, progress=False,
-                          per_case=True, answer="all", min_rows=min_rows)
+    sweep = cu.head_sweep_cases(model, TOK, cases, heads=heads, batch_size=4, rows_per_forward=8, progress=False,
+                                answer="all", min_rows=min_rows)
     for (l, h) in heads:
         with cu.ablate_heads(model, [(l, h)]):
             lg = full_logits(model, cases)
@@ -86,8 +86,8 @@ def test_head_sweep_equals_loop_of_hooked_forwards(tiny, min_rows):
         assert list(got.first_correct) == sc["first_correct"].tolist()
         assert list(got.answer_correct) == sc["answer_correct"].tolist()
     assert sweep.base_first_correct.all()                       # gold = the model's own greedy answer
-    first = cu.head_sweep(model, TOK, cases, heads=heads, batch_size=4, rows_per_forward=8, progress=False,
-                          per_case=True, min_rows=min_rows)     # answer="first": prompt only, same first token
+    first = cu.head_sweep_cases(model, TOK, cases, heads=heads, batch_size=4, rows_per_forward=8, progress=False,
+                                min_rows=min_rows)     # answer="first": prompt only, same first token
     assert list(first.first_correct) == list(sweep.first_correct)
     torch.testing.assert_close(torch.tensor(first.gold_logprob.values), torch.tensor(sweep.gold_logprob.values),
                                atol=1e-4, rtol=1e-4)
@@ -100,7 +100,7 @@ def test_mean_ablation_sweep_equals_loop(tiny):
     cases = random_cases(model, n=5, seed=2)
     means = cu.head_means(model, TOK, cases)
     heads = [(0, 1), (1, 0)]
-    sweep = cu.head_sweep(model, TOK, cases, heads=heads, method="mean", means=means, progress=False, per_case=True)
+    sweep = cu.head_sweep_cases(model, TOK, cases, heads=heads, method="mean", means=means, progress=False)
     for (l, h) in heads:
         with cu.ablate_heads(model, [(l, h)], method="mean", means=means):
             sc = cu.forward.score(full_logits(model, cases), encode(TOK, cases).targets)
@@ -208,18 +208,18 @@ def test_sweep_resumes_from_saved_layers(tmp_path):
     model = make_model("llama-gqa")
     cases = random_cases(model, n=5)
     heads = [(0, 0), (1, 1), (2, 3)]
-    first = cu.head_sweep(model, TOK, cases, heads=heads, cache_dir=tmp_path, progress=False, per_case=True)
+    first = cu.head_sweep_cases(model, TOK, cases, heads=heads, cache_dir=tmp_path, progress=False)
     assert sorted(p.name for p in tmp_path.glob("layer_*.pt")) == ["layer_000.pt", "layer_001.pt", "layer_002.pt"]
     # Mark layer 1's saved result; a rerun must load it rather than recompute it.
     saved = torch.load(tmp_path / "layer_001.pt")
     saved["heads"][(1, 1)]["gold_logprob"][:] = -123.0
     torch.save(saved, tmp_path / "layer_001.pt")
-    again = cu.head_sweep(model, TOK, cases, heads=heads, cache_dir=tmp_path, progress=False, per_case=True)
+    again = cu.head_sweep_cases(model, TOK, cases, heads=heads, cache_dir=tmp_path, progress=False)
     assert (again[again.layer == 1].gold_logprob == -123.0).all()
     same = again.layer != 1
     assert list(again[same].gold_logprob) == list(first[same].gold_logprob)
     # Different cases -> different fingerprint -> recomputed, not mixed up.
-    other = cu.head_sweep(model, TOK, cases[:3], heads=heads, cache_dir=tmp_path, progress=False, per_case=True)
+    other = cu.head_sweep_cases(model, TOK, cases[:3], heads=heads, cache_dir=tmp_path, progress=False)
     assert (other.gold_logprob != -123.0).all()
 
 
@@ -227,13 +227,13 @@ def test_sweep_caches_per_head_and_per_weights(tmp_path):
     """A rerun with more heads computes only the new ones; an edited model never reuses old results."""
     model = make_model("llama-gqa")
     cases = random_cases(model, n=4)
-    one = cu.head_sweep(model, TOK, cases, heads=[(1, 0)], cache_dir=tmp_path, progress=False, per_case=True)
-    two = cu.head_sweep(model, TOK, cases, heads=[(1, 0), (1, 3)], cache_dir=tmp_path, progress=False, per_case=True)
+    one = cu.head_sweep_cases(model, TOK, cases, heads=[(1, 0)], cache_dir=tmp_path, progress=False)
+    two = cu.head_sweep_cases(model, TOK, cases, heads=[(1, 0), (1, 3)], cache_dir=tmp_path, progress=False)
     assert list(two[two["head"] == 0].gold_logprob) == list(one.gold_logprob)
     assert set(torch.load(tmp_path / "layer_001.pt")["heads"]) == {(1, 0), (1, 3)}
     with torch.no_grad():
         cu.final_norm(model).weight.mul_(1.5)
-    edited = cu.head_sweep(model, TOK, cases, heads=[(1, 0)], cache_dir=tmp_path, progress=False, per_case=True)
+    edited = cu.head_sweep_cases(model, TOK, cases, heads=[(1, 0)], cache_dir=tmp_path, progress=False)
     with cu.ablate_heads(model, [(1, 0)]):
         ref = cu.accuracy(model, TOK, cases)
     torch.testing.assert_close(torch.tensor(edited.gold_logprob.values, dtype=torch.float64),
@@ -245,7 +245,7 @@ def test_sweep_summary_matches_per_case_means():
     cases = random_cases(model, n=8, gold="random")
     heads = [(0, 0), (2, 1)]
     df = cu.head_sweep(model, TOK, cases, heads=heads, progress=False)
-    long = cu.head_sweep(model, TOK, cases, heads=heads, progress=False, per_case=True)
+    long = cu.head_sweep_cases(model, TOK, cases, heads=heads, progress=False)
     assert set(df.op) == {"+", "-", "*", "/", "all"}
     for (l, h) in heads:
         rows = long[(long.layer == l) & (long["head"] == h)]
@@ -263,9 +263,9 @@ def test_sweep_summary_matches_per_case_means():
 def test_mean_sweep_without_means_uses_head_means():
     model = make_model("gpt2")
     cases = random_cases(model, n=5)
-    auto = cu.head_sweep(model, TOK, cases, heads=[(1, 2)], method="mean", progress=False, per_case=True)
-    given = cu.head_sweep(model, TOK, cases, heads=[(1, 2)], method="mean", means=cu.head_means(model, TOK, cases),
-                          progress=False, per_case=True)
+    auto = cu.head_sweep_cases(model, TOK, cases, heads=[(1, 2)], method="mean", progress=False)
+    given = cu.head_sweep_cases(model, TOK, cases, heads=[(1, 2)], method="mean",
+                                means=cu.head_means(model, TOK, cases), progress=False)
     assert list(auto.gold_logprob) == list(given.gold_logprob)
 
 

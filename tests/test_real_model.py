@@ -58,7 +58,7 @@ def test_frozen_norm_logits_and_sweep_on_real_model(real):
     torch.testing.assert_close(cu.frozen_logits(model, tr.resid_out[:, -1], tr.norm_scale, tr.norm_mean), tr.logits,
                                atol=1e-3, rtol=1e-4)
     heads = [(0, s.n_heads - 1), (s.n_layers // 2, 2), (s.n_layers - 1, 0)]
-    sw = cu.head_sweep(model, tok, cases, heads=heads, progress=False, per_case=True)
+    sw = cu.head_sweep_cases(model, tok, cases, heads=heads, progress=False)
     for l, h in heads:
         with cu.ablate_heads(model, [(l, h)]):
             ref = cu.accuracy(model, tok, cases)
