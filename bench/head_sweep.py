@@ -2,7 +2,7 @@
 
 Contenders, same cases, same numbers out (first-token correctness identical, log p(answer) to
 1e-4 nats):
-* ``batched``: ``cu.head_sweep`` -- one baseline forward caches the residual stream; for each
+* ``batched``: ``cu.head_sweep_cases`` -- one baseline forward caches the residual stream; for each
   layer the batch is replicated once per head (a per-row head mask) and the forward starts AT that
   layer; the LM head runs at the last position only.
 * ``hooked``: one full forward per head with a pre-hook that zeroes the head (what a loop with
@@ -37,8 +37,8 @@ def clock(fn):
 
 
 def batched(model, tok, cases, heads):
-    df = cu.head_sweep(model, tok, cases, heads=heads, batch_size=len(cases), rows_per_forward=512,
-                       progress=False, per_case=True)
+    df = cu.head_sweep_cases(model, tok, cases, heads=heads, batch_size=len(cases), rows_per_forward=512,
+                             progress=False)
     return {(int(l), int(h)): (torch.tensor(g.first_correct.values), torch.tensor(g.gold_logprob.values, dtype=torch.float32))
             for (l, h), g in df.sort_values("case").groupby(["layer", "head"])}
 
