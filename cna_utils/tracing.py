@@ -110,6 +110,59 @@ def frozen_logits(model, h: torch.Tensor, scale: torch.Tensor, mean: torch.Tenso
     return out
 
 
+def _token_ids(tokenizer, prompts) -> list[list[int]]:
+    """Strings, aligned ``Case`` objects (their prompt ids) or token-id lists -> token-id lists."""
+    seqs = []
+    for p in prompts:
+        if isinstance(p, str):
+            seqs.append(tokenizer(p)["input_ids"])
+        elif isinstance(p, Case):
+            if not p.prompt_ids:
+                raise ValueError("Case objects must be aligned first: align(cases, tokenizer)")
+            seqs.append(list(p.prompt_ids))
+        else:
+            seqs.append(list(p))
+    return seqs
+
+
+def _capture(model, batch, sel, keep, positions):
+    """One forward of ``batch`` with every quantity of ``keep`` captured at ``sel``'s layers:
+    ({quantity: [B, L, ...] or [B, T, L, ...]}, last-position logits [B, vocab], final-norm input)."""
+    s = spec(model)
+    T = batch.input_ids.shape[1]
+    lens = batch.attention_mask.bool().sum(-1)
+
+    def select(x):            # [B, T, ...] left-padded -> [B, ...] last or [B, T, ...] right-padded
+        if positions == "last":
+            return x[:, -1].float().cpu()
+        y = torch.zeros_like(x, dtype=torch.float32)
+        for b in range(x.shape[0]):
+            n = int(lens[b])
+            y[b, :n] = x[b, T - n:].float()
+        return y.cpu()
+
+    cap: dict[tuple[str, int], torch.Tensor] = {}
+    inputs = {("resid_in", l): layer_list(model)[l] for l in sel}
+    inputs.update({("head_in", l): o_proj(model, l) for l in sel})
+    inputs.update({("coef", l): down_proj(model, l) for l in sel})
+    inputs[("final_in", -1)] = final_norm(model)
+    outputs = {("attn_out", l): attention(model, l) for l in sel}
+    outputs.update({("ffn_out", l): mlp(model, l) for l in sel})
+    outputs.update({("resid_out", l): layer_list(model)[l] for l in sel})
+    with attached(capture_input(inputs, cap, select) + capture_output(outputs, cap, select)):
+        logit = answer_logits(model, batch)[:, -1].float().cpu()
+    vals = {}
+    for k in keep:
+        if k == "resid_mid":
+            per_layer = [cap[("resid_in", l)] + cap[("attn_out", l)] for l in sel]
+        elif k == "head_in":
+            per_layer = [cap[(k, l)].view(*cap[(k, l)].shape[:-1], s.n_heads, s.head_dim) for l in sel]
+        else:
+            per_layer = [cap[(k, l)] for l in sel]
+        vals[k] = torch.stack(per_layer, dim=1 if positions == "last" else 2)
+    return vals, logit, cap[("final_in", -1)]
+
+
 @torch.no_grad()
 def trace(model, tokenizer, prompts, positions: str = "last", layers=None, keep=KEEP_ALL,
           batch_size: int = 64, device=None) -> Trace:
@@ -132,16 +185,7 @@ def trace(model, tokenizer, prompts, positions: str = "last", layers=None, keep=
     for l in sel:
         if not 0 <= l < s.n_layers:
             raise IndexError(f"layer {l} is out of range: this model has layers 0..{s.n_layers - 1}")
-    seqs = []
-    for p in prompts:
-        if isinstance(p, str):
-            seqs.append(tokenizer(p)["input_ids"])
-        elif isinstance(p, Case):
-            if not p.prompt_ids:
-                raise ValueError("Case objects must be aligned first: align(cases, tokenizer)")
-            seqs.append(list(p.prompt_ids))
-        else:
-            seqs.append(list(p))
+    seqs = _token_ids(tokenizer, prompts)
     first: dict[tuple, int] = {}
     inverse = [first.setdefault(tuple(q), len(first)) for q in seqs]
     if len(first) < len(seqs):
@@ -152,42 +196,14 @@ def trace(model, tokenizer, prompts, positions: str = "last", layers=None, keep=
     scales, means, logits, lengths = [], [], [], []
     for i in range(0, len(seqs), batch_size):
         batch = encode(tokenizer, seqs[i:i + batch_size], dev)
-        T = batch.input_ids.shape[1]
-        mask = batch.attention_mask.bool()
-        lens = mask.sum(-1)
-
-        def select(x):            # [B, T, ...] left-padded -> [B, ...] last or [B, T, ...] right-padded
-            if positions == "last":
-                return x[:, -1].float().cpu()
-            y = torch.zeros_like(x, dtype=torch.float32)
-            for b in range(x.shape[0]):
-                n = int(lens[b])
-                y[b, :n] = x[b, T - n:].float()
-            return y.cpu()
-
-        cap: dict[tuple[str, int], torch.Tensor] = {}
-        inputs = {("resid_in", l): layer_list(model)[l] for l in sel}
-        inputs.update({("head_in", l): o_proj(model, l) for l in sel})
-        inputs.update({("coef", l): down_proj(model, l) for l in sel})
-        inputs[("final_in", -1)] = final_norm(model)
-        outputs = {("attn_out", l): attention(model, l) for l in sel}
-        outputs.update({("ffn_out", l): mlp(model, l) for l in sel})
-        outputs.update({("resid_out", l): layer_list(model)[l] for l in sel})
-        with attached(capture_input(inputs, cap, select) + capture_output(outputs, cap, select)):
-            logit = answer_logits(model, batch)[:, -1].float().cpu()
+        vals, logit, final_in = _capture(model, batch, sel, keep, positions)
         for k in keep:
-            if k == "resid_mid":
-                vals = [cap[("resid_in", l)] + cap[("attn_out", l)] for l in sel]
-            elif k == "head_in":
-                vals = [cap[(k, l)].view(*cap[(k, l)].shape[:-1], s.n_heads, s.head_dim) for l in sel]
-            else:
-                vals = [cap[(k, l)] for l in sel]
-            out[k].append(torch.stack(vals, dim=1 if positions == "last" else 2))
-        sc, mu = _norm_stats(model, cap[("final_in", -1)])
+            out[k].append(vals[k])
+        sc, mu = _norm_stats(model, final_in)
         scales.append(sc)
         means.append(mu)
         logits.append(logit)
-        lengths.append(lens.cpu())
+        lengths.append(batch.attention_mask.sum(-1).cpu())
 
     def cat(xs):
         if positions == "last" or xs[0].dim() < 2:
