@@ -40,7 +40,7 @@ $(VENV)/.weights-%: $(STAMP) cna_utils/weights.yaml
 weights: $(STAMP) $(addprefix $(VENV)/.weights-,$(filter $(MODEL) $(SECOND_MODEL),$(BUILTIN)))
 
 book: weights
-	$(PY) -m cna_utils.book --profile $(PROFILE) --model $(MODEL) --second-model $(SECOND_MODEL)
+	$(PY) -m cna_utils.publish.book --profile $(PROFILE) --model $(MODEL) --second-model $(SECOND_MODEL)
 
 test: $(STAMP)
 	$(PY) -m pytest tests -q
@@ -58,10 +58,10 @@ check-install: $(STAMP)
 	CNA_INSTALL_TEST=1 $(PY) -m pytest tests/test_install.py -q
 
 student: $(STAMP)
-	$(PY) -m cna_utils.student notebooks student
+	$(PY) -m cna_utils.publish.student notebooks student
 
 check-book: $(STAMP)
-	$(PY) -m cna_utils.browser_check _build/html --screenshots _build/screenshots
+	$(PY) -m cna_utils.publish.browser_check _build/html --screenshots _build/screenshots
 
 clean:
 	rm -rf _build book/chapters book/results

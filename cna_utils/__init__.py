@@ -54,7 +54,7 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 warnings.filterwarnings("ignore", message="Could not find a config file")
 
-from . import analysis, bias, chapter, lora, prune  # noqa: E402
+from . import analysis, bias, lora, prune  # noqa: E402
 from .circuits import (attn_norm_linear, hidden_interpretable, lowest_neuron, ov_backproject, ov_factors, ov_transform,
                        pe_dag_edges, transfer_scores)
 from .compare import Comparison, compare
@@ -69,7 +69,6 @@ from .neurons import (cna, coef_decrease, importance_scores, mask_neurons, neuro
                       parse_neurons, projection, run_masked, single_token, top_neurons)
 from .paper import PAPER_MODEL, paper_table
 from .profiles import PROFILES, get_profile, load_results, save_results, spread_layers
-from .scoreboard import claim, verdict_markdown
 from .sweep import head_sweep, head_sweep_cases
 from .tracing import Trace, attention_pattern, frozen_logits, frozen_norm, trace
 from .vocab import concept_mask, count_concepts, load_lexicon, token_text, vocab_logits, vocab_projection

@@ -3,12 +3,12 @@ import json
 
 import pytest
 
-from cna_utils import findings
+from cna_utils.publish import findings
 
 
 def test_readme_and_intro_tables_match_the_committed_results():
     assert findings.RESULTS.is_dir(), "the last full run's results are committed"
-    assert findings.update(check=True) == [], "run `python -m cna_utils.findings` and commit the pages"
+    assert findings.update(check=True) == [], "run `python -m cna_utils.publish.findings` and commit the pages"
     table = findings.findings_markdown()
     for path in findings.PAGES:
         assert table in path.read_text()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cna_utils.book import DIVISION_CHAPTERS, SECOND_CHAPTERS
+from cna_utils.publish.book import DIVISION_CHAPTERS, SECOND_CHAPTERS
 from cna_utils.weights import WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def smoke_book(tmp_path_factory):
     shutil.copytree(ROOT / "book", root / "book", ignore=shutil.ignore_patterns("chapters", "results", "_generated"))
     if (ROOT / "bench" / "results").exists():
         shutil.copytree(ROOT / "bench" / "results", root / "bench" / "results")
-    subprocess.run([sys.executable, "-m", "cna_utils.book", "--profile", "smoke", "--model", "smollm2-135m",
+    subprocess.run([sys.executable, "-m", "cna_utils.publish.book", "--profile", "smoke", "--model", "smollm2-135m",
                     "--second-model", "smollm2-135m", "--root", str(root)], check=True)
     return root
 
@@ -101,7 +101,7 @@ def test_chapters_5_to_7_results_are_consistent(smoke_book):
 def test_book_in_a_real_browser(smoke_book):
     """Headless Chromium loads the intro, every chapter and the generated pages, finds every image
     and no traceback, and saves a screenshot of each (installs Debian's chromium when missing)."""
-    from cna_utils import browser_check
+    from cna_utils.publish import browser_check
     shots = smoke_book / "_build" / "screenshots"
     assert browser_check.main([str(smoke_book / "_build" / "html"), "--screenshots", str(shots)]) == 0
     pages = browser_check.pages(smoke_book / "_build" / "html")
@@ -158,7 +158,7 @@ def test_second_model_pages_and_scoreboard_rows(smoke_book):
 
 
 def test_scoreboard_reads_second_model_verdicts(tmp_path):
-    from cna_utils.scoreboard import scoreboard_markdown
+    from cna_utils.publish.scoreboard import scoreboard_markdown
     (tmp_path / "second").mkdir()
     verdict = dict(item="table_5", claim="c", paper="", this_run="mask 40%", verdict="partly")
     (tmp_path / "second" / "02_cna.json").write_text(json.dumps(dict(model="m2", profile="book", verdicts=[verdict])))
@@ -171,7 +171,7 @@ def test_scoreboard_reads_second_model_verdicts(tmp_path):
 
 
 def test_browser_check_sees_unrendered_and_truncated_tables():
-    from cna_utils.browser_check import text_problems
+    from cna_utils.publish.browser_check import text_problems
     raw = "<p>| claim | this run |</p><p>|---|---|</p>"
     assert "raw markdown table" in text_problems(raw)[0]
     assert text_problems("<pre>| a | b |\n|---|---|</pre><table><tr><td>1</td></tr></table>") == []
@@ -183,7 +183,7 @@ def test_browser_check_sees_unrendered_and_truncated_tables():
 def test_every_badge_and_install_line_names_the_configured_repository(tmp_path):
     import re
 
-    from cna_utils.book import repository_files, repository_url, set_repository
+    from cna_utils.publish.book import repository_files, repository_url, set_repository
     url = repository_url(ROOT)
     path = url.split("github.com/")[1]
     for f in repository_files(ROOT)[1:]:
@@ -202,7 +202,7 @@ def test_every_badge_and_install_line_names_the_configured_repository(tmp_path):
 
 
 def test_browser_check_sees_untypeset_math_and_broken_links(tmp_path):
-    from cna_utils.browser_check import link_problems, math_problems
+    from cna_utils.publish.browser_check import link_problems, math_problems
     assert "not typeset" in math_problems('<span class="math notranslate nohighlight">\\(a_k\\)</span>')[0]
     assert math_problems('<span class="math notranslate"><mjx-container jax="CHTML"></mjx-container></span>') == []
     assert math_problems("<p>no math</p>") == []
@@ -216,7 +216,7 @@ def test_browser_check_sees_untypeset_math_and_broken_links(tmp_path):
 
 
 def test_browser_check_wants_alt_text_or_a_caption():
-    from cna_utils.browser_check import image_text_problems
+    from cna_utils.publish.browser_check import image_text_problems
     assert image_text_problems('<img src="a.png" alt="Heat map of drops">') == []
     assert image_text_problems('<figure><img src="a.png"><figcaption>Fig. 1 drops</figcaption></figure>') == []
     assert "without alt text" in image_text_problems('<p><img src="a.png" alt=""></p>')[0]

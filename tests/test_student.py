@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from cna_utils import student
+from cna_utils.publish import student
 
 ROOT = Path(__file__).resolve().parents[1]
 

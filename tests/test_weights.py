@@ -99,7 +99,7 @@ def test_readme_model_table_agrees_with_the_committed_survey():
     import json
     from pathlib import Path
 
-    from cna_utils.models_page import headline_frame, models_markdown
+    from cna_utils.publish.models_page import headline_frame, models_markdown
 
     root = Path(__file__).resolve().parents[1]
     res = json.loads((root / "bench" / "results" / "models.json").read_text())
@@ -116,7 +116,7 @@ def test_readme_model_table_agrees_with_the_committed_survey():
 
 def test_results_record_the_code_the_chapter_started_with(tmp_path, monkeypatch):
     import json
-    from cna_utils import chapter
+    from cna_utils.publish import chapter
     monkeypatch.setattr(chapter, "code_commit", lambda: "abc123")
     ch = chapter.Chapter(model=None, tok=None, spec=None, profile={"name": "smoke"}, P={}, cache=tmp_path,
                          label="m", model_name="a-local-model", results_dir=tmp_path)

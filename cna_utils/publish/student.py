@@ -2,7 +2,7 @@
 
 Usage (what ``make student`` runs)::
 
-    python -m cna_utils.student notebooks student       # writes student/NN_name.ipynb
+    python -m cna_utils.publish.student notebooks student       # writes student/NN_name.ipynb
 
 In a chapter, a scaffolded exercise is a code cell whose solution sits between the lines
 ``# BEGIN SOLUTION`` and ``# END SOLUTION`` (the book shows that cell folded), followed by a

@@ -1,9 +1,9 @@
 """The "what we found" table that opens the README and the intro, written from the committed results of
 the last full run (``results/<model>/<profile>/``, a copy of a build's ``book/results/``).
 
-    python -m cna_utils.findings --save book/results      # copy a build's results under results/<model>/<profile>/
-    python -m cna_utils.findings                          # rewrite the tables in README.md and book/intro.md
-    python -m cna_utils.findings --check                  # exit 1 when they differ from the committed results
+    python -m cna_utils.publish.findings --save book/results      # copy a build's results under results/<model>/<profile>/
+    python -m cna_utils.publish.findings                          # rewrite the tables in README.md and book/intro.md
+    python -m cna_utils.publish.findings --check                  # exit 1 when they differ from the committed results
 
 The table sits between two marker lines in each file; a test runs ``--check``.
 """
@@ -18,10 +18,10 @@ from .scoreboard import item_rows, load_all, totals
 
 __all__ = ["RESULTS", "findings_markdown", "save_run", "update", "main"]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "results" / "qwen2.5-coder-0.5b" / "book"       # the last full `make book` run
 PAGES = (ROOT / "README.md", ROOT / "book" / "intro.md")
-BEGIN = "<!-- findings: written by `python -m cna_utils.findings` from the committed results; do not edit -->"
+BEGIN = "<!-- findings: written by `python -m cna_utils.publish.findings` from the committed results; do not edit -->"
 END = "<!-- findings end -->"
 
 
@@ -56,7 +56,7 @@ def findings_markdown(results_dir=RESULTS) -> str:
     loaded = load_all(results_dir)
     if not loaded:
         raise FileNotFoundError(f"no results under {results_dir}: run `make book`, then "
-                                f"`python -m cna_utils.findings --save book/results`")
+                                f"`python -m cna_utils.publish.findings --save book/results`")
     rows = item_rows(loaded)
     out = [_run_line(loaded), "", "| paper item | the paper's claim | this run | verdict |", "|---|---|---|---|"]
     out += [f"| {r['label']} | {r['claims'][0]} | {r['this_run'][0]} | {r['verdict']} |"

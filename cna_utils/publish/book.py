@@ -2,8 +2,8 @@
 
 Usage (what ``make book`` runs)::
 
-    python -m cna_utils.book --profile book --model qwen2.5-coder-0.5b --second-model smollm2-135m
-    python -m cna_utils.book --profile smoke --model smollm2-135m --second-model smollm2-135m \
+    python -m cna_utils.publish.book --profile book --model qwen2.5-coder-0.5b --second-model smollm2-135m
+    python -m cna_utils.publish.book --profile smoke --model smollm2-135m --second-model smollm2-135m \
         --root /tmp/copy-of-the-book                                         # what the tests run
 
 Each ``notebooks/NN_name.ipynb`` is executed into ``book/chapters/NN_name.ipynb`` (git-ignored)
@@ -97,8 +97,8 @@ def execute_notebooks(root: Path, profile: str, model: str, only: list[str] | No
                       second_model: str | None = None) -> list[Path]:
     import papermill as pm
 
-    from .analysis import study_results_name
-    from .profiles import get_profile
+    from ..analysis import study_results_name
+    from ..profiles import get_profile
     get_profile(profile)                          # fail early on an unknown profile
     src = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if only:

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m cna_utils.browser_check _build/html              # screenshots in _build/screenshots
+    python -m cna_utils.publish.browser_check _build/html              # screenshots in _build/screenshots
 
 For the intro, every chapter and the generated pages, Chromium loads the page from disk, runs its
 scripts and dumps the resulting DOM; the check fails on a page that does not load, an image that

@@ -6,7 +6,7 @@ Usage (in a chapter)::
     display(Markdown(verdict_markdown(rows)))          # the chapter's "what replicates" table
     save_results(..., verdicts=rows)                    # the scoreboard reads them from the results JSON
 
-``python -m cna_utils.scoreboard book/results book/_generated/scoreboard.md`` (run by ``cna_utils.book``)
+``python -m cna_utils.publish.scoreboard book/results book/_generated/scoreboard.md`` (run by ``cna_utils.publish.book``)
 writes the scoreboard page: every table and figure of the paper, the paper's number, this run's,
 the chapter it comes from, and a verdict -- or "not run" where no chapter computed it.
 """
@@ -16,8 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from .analysis import STUDIES, study_results_name
-from .paper import paper_table
+from ..analysis import STUDIES, study_results_name
+from ..paper import paper_table
 
 __all__ = ["claim", "verdict_markdown", "PAPER_ITEMS", "load_all", "item_rows", "totals", "scoreboard_markdown",
            "write_scoreboard"]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .data import TABLE14, TEMPLATES
-from .paper import PAPER_MODEL, paper_table
+from ..data import TABLE14, TEMPLATES
+from ..paper import PAPER_MODEL, paper_table
 
 __all__ = ["accuracy_frame", "headline_frame", "models_markdown", "write_models_page"]
 

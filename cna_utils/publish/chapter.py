@@ -16,10 +16,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .families import ModelSpec, spec
-from .models import load_model, model_label
-from .profiles import get_profile, save_results
-from .weights import WEIGHTS, provenance
+from ..families import ModelSpec, spec
+from ..models import load_model, model_label
+from ..profiles import get_profile, save_results
+from ..weights import WEIGHTS, provenance
 
 __all__ = ["Chapter", "open_chapter"]
 

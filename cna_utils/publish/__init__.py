@@ -1,0 +1,21 @@
+"""The book around the method: running the chapters, their pages and figures, the scoreboard of
+paper claims, the findings table, the performance and models pages, the student version and the
+browser check. It imports the science part (``cna_utils``); nothing there imports it.
+
+In a chapter::
+
+    from cna_utils import publish as pub
+    ch = pub.open_chapter("ch2", PROFILE, MODEL, DEVICE, RESULTS_DIR, SEED)
+    verdicts = [pub.claim("table_5", "...", ours, paper, ok)]
+    display(Markdown(pub.verdict_markdown(verdicts)))
+
+Modules: ``book`` (``python -m cna_utils.publish.book``: execute the chapters, build the HTML),
+``chapter`` (``open_chapter``: seed, profile, model, results file), ``plots`` (the chapters'
+figures), ``scoreboard`` (claims and verdicts, the scoreboard page), ``findings`` (the README and
+intro table), ``perf_page`` and ``models_page`` (pages from ``bench/results``), ``student`` (the
+version without solutions), ``browser_check`` (headless-browser checks of the built pages).
+"""
+from .chapter import Chapter, open_chapter
+from .scoreboard import claim, verdict_markdown
+
+__all__ = ["Chapter", "open_chapter", "claim", "verdict_markdown"]
