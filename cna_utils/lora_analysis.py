@@ -4,18 +4,23 @@ Usage::
 
     coefs, increase = lora_coefficients(model, tok, cases, res, {9: run})   # Tables 9-10
     imp_lora, imp_ori, tr_lora, tr_ori = lora_cna(model, tok, cases, run)  # CNA, LoRA vs original
+    layer, lr, why = chapter5_layer(results_dir, n_layers, default_lr=0.001)  # chapter 5's choice
 """
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pandas as pd
 import torch
 
 from .compare import compare
+from .depth import scale_layer
 from .neurons import coef_decrease
 from .study import CNAResult
 from .tracing import trace
 
-__all__ = ["lora_coefficients", "lora_cna"]
+__all__ = ["lora_coefficients", "lora_cna", "chapter5_layer"]
 
 def lora_coefficients(model, tokenizer, cases, res: "CNAResult", runs: dict, ks=(50, 30, 20, 10)):
     """Paper Tables 9-10: the coefficient scores of each case's top-k CNA neurons (``res``, the
@@ -69,3 +74,27 @@ def lora_cna(model, tokenizer, cases, adapter, layers=None, progress: bool = Fal
     c = compare(model, tokenizer, cases, condition=lambda: lora_applied(model, adapter), target=target, layers=layers,
                 norm="a" if scale == "original" else "own", progress=progress)
     return c.imp_b, c.imp_a, c.traces[1], c.traces[0]
+
+
+def chapter5_layer(results_dir, n_layers: int, default_lr: float, given: int | None = None) -> tuple[int, float, str]:
+    """The LoRA layer and learning rate chapter 6 builds on, with a sentence saying where they came
+    from: ``given`` if not None; else chapter 5's best shallow layer (held-out accuracy) and its rate,
+    read from its results file; else, when chapter 5 has not been run, the paper's 9th layer scaled
+    to ``n_layers`` with ``default_lr``."""
+    path = Path(results_dir) / "05_lora.json"
+    r5 = json.loads(path.read_text()) if path.exists() else None
+    if given is not None:
+        layer = int(given)
+    elif r5 is not None:
+        layer = int(r5["best_shallow_layer"])
+    else:
+        layer = scale_layer(9, n_layers)
+    run = (r5 or {}).get("figure_2", {}).get(str(layer))
+    lr = float(run["lr"]) if run else float(default_lr)
+    if given is not None:
+        why = f"the LoRA layer was given: {layer}, lr {lr:g}"
+    elif r5 is not None:
+        why = f"chapter 5's best shallow LoRA layer (held-out accuracy) is {layer}, lr {lr:g}"
+    else:
+        why = f"chapter 5 has not been run here: the paper's 9th layer scaled to this model, {layer}, lr {lr:g}"
+    return layer, lr, why

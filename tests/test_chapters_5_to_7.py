@@ -262,3 +262,13 @@ def test_table_13_edits_are_their_definition(real):
             per.append(gb.bias_summary(gb.bias_scores(model, tok, prompt_sets["first"], profs))["man"])
     assert mean == pytest.approx(sum(per) / 2, abs=1e-4)
     assert list(t.index) == ["original", "top-2", "random-2 (mean of 2)"]
+
+
+def test_chapter6_reads_chapter5s_layer_through_its_loader(tmp_path):
+    from cna_utils.lora_analysis import chapter5_layer
+    layer, lr, why = chapter5_layer(tmp_path, 24, default_lr=0.001)
+    assert (layer, lr) == (cu.analysis.scale_layer(9, 24), 0.001) and "not been run" in why
+    (tmp_path / "05_lora.json").write_text(json.dumps({"best_shallow_layer": 15, "figure_2": {"15": {"lr": 0.0005}}}))
+    assert chapter5_layer(tmp_path, 24, default_lr=0.001)[:2] == (15, 0.0005)
+    layer, lr, why = chapter5_layer(tmp_path, 24, default_lr=0.001, given=3)
+    assert (layer, lr) == (3, 0.001) and "given" in why
