@@ -39,7 +39,7 @@ LoRA, pruning, bias (``lora``, ``prune``, ``bias``; imported as modules)
     lora.lora_splits / train_lora / lora_per_layer / lora_applied   one attention layer, resumable
     prune.prune_ffn(model, keep)        remove FFN neurons for real (== zeroing them, tested)
     bias.bias_scores / gender_cna / model_professions / perplexity   Section 6.2
-Profiles and paper numbers (``profiles``, ``paper``)
+Profiles, paper numbers, the artefact cache (``profiles``, ``paper``, ``cache``)
     get_profile(name=None);  paper_table(key)
 
 Sign conventions: accuracies are fractions in [0, 1]; a "drop" is base minus ablated (bigger =

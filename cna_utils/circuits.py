@@ -18,10 +18,6 @@ transform's does.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -29,7 +25,7 @@ from tqdm import tqdm
 
 from .heads import parse_heads
 from .families import family, ffn_keys, ffn_values, final_norm, ov_weights, pre_attn_norm, spec, unembed
-from .models import weights_fingerprint
+from .cache import artefact_path, load_or_compute
 from .neurons import neuron_name, parse_neurons
 from .vocab import count_concepts
 
@@ -172,19 +168,11 @@ def hidden_interpretable(model, mask: torch.Tensor, ffn_layers, attn_layers, k: 
     untransformed value; computed only for neurons with ``concepts > 0``, the only ones a threshold
     can select, and -1 for the others). With ``cache_dir`` the table is saved there and a later call
     with the same weights, layers, k and concept mask loads it (it depends on no case)."""
-    path = None
-    if cache_dir is not None:
-        key = json.dumps([weights_fingerprint(model), sorted(set(ffn_layers)), sorted(set(attn_layers)), k, above_only,
-                          hashlib.sha256(mask.cpu().numpy().tobytes()).hexdigest()])
-        path = Path(cache_dir) / f"hidden-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pkl"
-        if path.exists():
-            return pd.read_pickle(path)
-    out = _hidden_interpretable(model, mask, ffn_layers, attn_layers, k, chunk, above_only, progress)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        out.to_pickle(path.with_suffix(".tmp"))
-        os.replace(path.with_suffix(".tmp"), path)
-    return out
+    path = artefact_path(cache_dir, "hidden", model, sorted(set(ffn_layers)), sorted(set(attn_layers)), k, above_only,
+                         mask, suffix=".pkl")
+    return load_or_compute(path, lambda: _hidden_interpretable(model, mask, ffn_layers, attn_layers, k, chunk,
+                                                               above_only, progress),
+                           save=lambda df, f: df.to_pickle(f), load=pd.read_pickle)
 
 
 def _hidden_interpretable(model, mask, ffn_layers, attn_layers, k, chunk, above_only, progress) -> pd.DataFrame:

@@ -24,7 +24,6 @@ determines it (model, layer, learning rate, sizes, data), so changing any of the
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
@@ -41,7 +40,7 @@ from .data import align, arithmetic_dataset
 from .evaluate import accuracy
 from .forward import answer_logits, encode, model_device
 from .families import attention, spec, stores_in_out
-from .models import weights_fingerprint
+from .cache import artefact_key
 from .profiles import save_results
 
 __all__ = ["attention_linears", "lora_config", "lora_applied", "lora_splits", "train_lora", "train_cached", "run_key",
@@ -207,11 +206,10 @@ def train_lora(model, tokenizer, layer: int, train, val=None, test=None, lr: flo
 
 
 def run_key(model, cases_lists, **hyper) -> str:
-    """The cache key of a LoRA run: the weights it starts from (``weights_fingerprint``: a pruned or
+    """The cache key of a LoRA run (``cache.artefact_key``): the weights it starts from (a pruned or
     edited model under the same name gets another key), the data and the hyper-parameters."""
-    text = json.dumps([weights_fingerprint(model), sorted(hyper.items()),
-                       [[list(c.prompt_ids) + list(c.answer_ids) for c in cs] for cs in cases_lists]])
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
+    return artefact_key(model, sorted(hyper.items()),
+                        [[list(c.prompt_ids) + list(c.answer_ids) for c in cs] for cs in cases_lists], length=12)
 
 
 def train_cached(model, tokenizer, layer: int, train, val, test, lr: float, cache_dir, tag: str = "",

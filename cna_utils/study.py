@@ -12,7 +12,6 @@ Usage::
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from .data import arithmetic_dataset
 from .evaluate import accuracy
 from .heads import ablate_heads, head_name, parse_heads
 from .sweep import head_sweep
-from .models import weights_fingerprint
+from .cache import artefact_path, load_or_compute
 from .neurons import cna, top_neurons
 from .tracing import trace
 
@@ -107,31 +106,22 @@ class CNAResult:
         return top_neurons(self.score, k, layers=self.layers, **cols)
 
 
-def _key(model, cases, head) -> str:
-    """The cache key of a CNA: the weights (``weights_fingerprint``), the head and the cases."""
-    text = json.dumps([weights_fingerprint(model), head, [list(c.prompt_ids) + [c.answer_ids[0]] for c in cases]])
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
-
-
 def cna_cases(model, tokenizer, cases, head, cache_dir=None, progress: bool = False) -> CNAResult:
     """CNA between the model and the model with ``head`` zeroed, for every case's first answer token
     (the final norm of both frozen at the original model's statistics, as the authors do). With
     ``cache_dir`` the result is saved and a later call with the same model, head and cases loads it."""
     (hl, hh), = parse_heads(model, [head])
     name = head_name(hl, hh)
-    path = Path(cache_dir) / f"cna-{_key(model, cases, name)}.pt" if cache_dir else None
-    if path is not None and path.exists():
-        return CNAResult(**torch.load(path))
-    # Below the head's layer both models have the same residual stream and coefficients at every
-    # position, and both are scored with the original's final-norm statistics: their importance
-    # scores are identical there (tested), so the intervened model is scored from layer hl on.
-    c = compare(model, tokenizer, cases, condition=lambda: ablate_heads(model, [(hl, hh)]), same_below=hl,
-                progress=progress)
-    res = CNAResult(name, c.layers, c.targets, c.imp_a, c.imp_b, c.coef_a, c.coef_b, c.seconds)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(res.__dict__, path)
-    return res
+    path = artefact_path(cache_dir, "cna", model, name, [list(c.prompt_ids) + [c.answer_ids[0]] for c in cases])
+
+    def compute() -> dict:
+        # Below the head's layer both models have the same residual stream and coefficients at every
+        # position, and both are scored with the original's final-norm statistics: their importance
+        # scores are identical there (tested), so the intervened model is scored from layer hl on.
+        c = compare(model, tokenizer, cases, condition=lambda: ablate_heads(model, [(hl, hh)]), same_below=hl,
+                    progress=progress)
+        return CNAResult(name, c.layers, c.targets, c.imp_a, c.imp_b, c.coef_a, c.coef_b, c.seconds).__dict__
+    return CNAResult(**load_or_compute(path, compute))
 
 
 @dataclass

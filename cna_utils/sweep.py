@@ -16,8 +16,6 @@ with a fingerprint of the weights, cases, method and means: a rerun loads it (in
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -32,7 +30,7 @@ from .families import layers, o_proj, spec
 from .forward import answer_logits, encode, length_batches, model_device, score
 from .heads import _mask_hook, head_means, parse_heads
 from .hooks import attached, capture_input, pre
-from .models import model_label, parameter_sums
+from .cache import artefact_key
 
 __all__ = ["head_sweep", "head_sweep_cases"]
 
@@ -40,16 +38,9 @@ SCORES = ("first_correct", "answer_correct", "gold_logprob")
 
 
 def _fingerprint(model, cases, method, means) -> str:
-    """Identifies a sweep's inputs: model (including a checksum of every weight, so an edited or
-    fine-tuned model with the same name never reuses stale results), cases, method and means."""
-    h = hashlib.sha256()
-    h.update(json.dumps([model_label(model), str(spec(model)), method, str(next(model.parameters()).dtype)]).encode())
-    h.update(json.dumps(parameter_sums(model)).encode())
-    for c in cases:
-        h.update(json.dumps([c.prompt_ids, c.answer_ids]).encode())
-    if means is not None:
-        h.update(means.detach().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+    """Identifies a sweep's inputs (``cache.artefact_key``): the weights, the cases, the method and means."""
+    return artefact_key(model, str(spec(model)), method, str(next(model.parameters()).dtype),
+                        [[c.prompt_ids, c.answer_ids] for c in cases], means if means is not None else None)
 
 
 def head_sweep(model, tokenizer, cases, heads=None, by=("op",), **options) -> pd.DataFrame:

@@ -406,6 +406,25 @@ def test_cna_cache_is_not_reused_for_changed_weights(tmp_path):
     assert again.seconds == second.seconds
 
 
+def test_one_artefact_key_covers_the_weights_an_adapter_and_the_parts(tmp_path):
+    import copy
+
+    from peft import get_peft_model
+
+    from cna_utils import lora
+    from cna_utils.cache import artefact_key, artefact_path, load_or_compute
+    model = make_model("qwen2")
+    key = artefact_key(model, "1_2", [[1, 2, 3]])
+    assert key == artefact_key(model, "1_2", [[1, 2, 3]]) != artefact_key(model, "1_2", [[1, 2, 4]])
+    wrapped = get_peft_model(copy.deepcopy(model), lora.lora_config(model, 1))     # same base weights + an adapter
+    assert artefact_key(wrapped, "1_2", [[1, 2, 3]]) != key
+    calls = []
+    path = artefact_path(tmp_path, "x", model, torch.arange(3))
+    assert load_or_compute(path, lambda: calls.append(1) or {"v": 1}) == {"v": 1}
+    assert load_or_compute(path, lambda: calls.append(1) or {"v": 2}) == {"v": 1} and calls == [1]
+    assert artefact_path(None, "x", model) is None and not list(tmp_path.glob("*.tmp"))
+
+
 def test_hidden_interpretable_cache_is_keyed_by_the_weights(tmp_path):
     model = make_model("qwen2")
     mask = torch.zeros(cu.spec(model).vocab_size, dtype=torch.bool)
