@@ -1,8 +1,9 @@
-"""Figures shared by the chapters (matplotlib + seaborn).
+"""Static figures shared by the chapters (matplotlib + seaborn); the interactive ones are in
+``interactive``.
 
 Usage::
 
-    fig = head_heatmaps(summary, value="drop", column="op")
+    fig = neuron_layers(top, n_layers, mark=head_layer)
 """
 from __future__ import annotations
 
@@ -11,34 +12,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-__all__ = ["head_heatmaps", "zero_vs_mean", "neuron_layers", "score_vs_effect", "pe_dag", "logic_chain",
+__all__ = ["zero_vs_mean", "neuron_layers", "score_vs_effect", "pe_dag", "logic_chain",
            "accuracy_by_layer", "loss_curves", "attention_map"]
-
-
-def head_heatmaps(summary: pd.DataFrame, n_layers: int, n_heads: int, value: str = "drop", column: str = "op",
-                  panels=("all", "+", "-", "*", "/"), scale: float = 100.0, title: str | None = None,
-                  unit: str = "points"):
-    """One layer x head heatmap per panel (rows of ``summary`` with ``column == panel``).
-    ``value`` is multiplied by ``scale`` (accuracy points by default); unswept heads are blank."""
-    panels = [p for p in panels if (summary[column] == p).any()]
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels) + 1.5, max(3.0, 0.16 * n_layers + 1)),
-                             sharey=True, squeeze=False)
-    vmax = max(1e-9, float((summary[value] * scale).abs().max()))
-    for ax, p in zip(axes[0], panels):
-        grid = np.full((n_layers, n_heads), np.nan)
-        rows = summary[summary[column] == p]
-        grid[rows["layer"].to_numpy(), rows["head"].to_numpy()] = rows[value].to_numpy() * scale
-        sns.heatmap(grid, ax=ax, cmap="RdBu_r", center=0, vmin=-vmax, vmax=vmax, cbar=ax is axes[0][-1],
-                    cbar_kws={"label": f"{value} ({unit})"} if ax is axes[0][-1] else None)
-        ax.set_title(p if p != "all" else "all ops")
-        ax.set_xlabel("head")
-        ax.set_yticks(np.arange(0, n_layers, max(1, n_layers // 10)) + 0.5)
-        ax.set_yticklabels(np.arange(0, n_layers, max(1, n_layers // 10)), rotation=0)
-    axes[0][0].set_ylabel("layer")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
 
 
 def zero_vs_mean(frame: pd.DataFrame, x: str = "zero drop", y: str = "mean drop", label: str = "head"):
