@@ -26,7 +26,12 @@ from .families import ffn_values, final_norm, spec, unembed
 from .forward import model_device
 from .tracing import Trace, frozen_logits
 
-__all__ = ["importance_scores", "projection"]
+__all__ = ["importance_scores", "projection", "SERIES_MIN_ROWS"]
+
+# The series costs about ``order`` passes over the layer's [neurons, vocab] projection whatever the
+# number of cases; the definition costs one log-sum-exp over it per case. With this many distinct
+# inputs or fewer, ``method="auto"`` computes the definition (bench/importance.py measures both).
+SERIES_MIN_ROWS = 8
 
 
 @torch.no_grad()
@@ -109,9 +114,9 @@ def _same_inputs(tr: Trace, norm: Trace, layers) -> tuple[torch.Tensor, torch.Te
 
 def _checked(model, traces, target_ids, layers, method, order, shared_norm):
     """``importance_scores``' arguments checked: (one target tensor per trace, the layers to score)."""
-    if method not in ("series", "lse"):
-        raise ValueError(f"method must be 'series' (moment series with a proven bound) or 'lse' (the definition), "
-                         f"got {method!r}")
+    if method not in ("auto", "series", "lse"):
+        raise ValueError(f"method must be 'auto', 'series' (moment series with a proven bound) or 'lse' (the "
+                         f"definition), got {method!r}")
     if not (2 <= int(order) <= 40 and int(order) % 2 == 0):
         raise ValueError(f"order must be an even number from 2 to 40 (the error bound needs an even last term), "
                          f"got {order!r}")
@@ -151,6 +156,8 @@ def _layer_scores(z0, a, PT, tg, group, method, order, tol, chunk):
     gain = a * PT[:, tg].t()                                    # [B, N] change of the target logit
     reps, inv = group
     shared = len(reps) < len(gain)
+    if method == "auto":
+        method = "lse" if len(reps) <= SERIES_MIN_ROWS else "series"
     z, aa, g = (z0[reps], a[reps], torch.zeros(len(reps), gain.shape[1], device=gain.device)) if shared else (z0, a, gain)
     if method == "lse":
         sc, n_exact = _lse_scores(z, aa, PT, g, chunk), gain.numel()
@@ -162,7 +169,7 @@ def _layer_scores(z0, a, PT, tg, group, method, order, tol, chunk):
 
 @torch.no_grad()
 def importance_scores(model, trace: Trace | list[Trace], target_ids, layers=None, chunk: int = 32,
-                      shared_norm: bool = False, progress: bool = False, method: str = "series",
+                      shared_norm: bool = False, progress: bool = False, method: str = "auto",
                       order: int = 12, tol: float = 1e-12, stats: dict | None = None):
     """Exact importance score of every FFN neuron at the last position (see the module docstring).
 
@@ -176,7 +183,7 @@ def importance_scores(model, trace: Trace | list[Trace], target_ids, layers=None
     uses its own real final residual.
 
     ``method="lse"`` computes the definition: one log-sum-exp over the vocabulary per (case,
-    neuron). ``method="series"`` (default) gets the same numbers without it: with p0 = softmax(z0)
+    neuron). ``method="series"`` gets the same numbers without it: with p0 = softmax(z0)
     and d_v = a_k P_kv the logit change, ``score = a_k P_k,w - log S`` with
     ``S = sum_v p0_v exp(d_v) = 1 + sum_j a_k^j E_p0[P_k^j] / j!``. The series stops at an even
     order j: by Taylor's theorem the rest is at most ``e^D`` times the j-th term (``D = |a_k|
@@ -187,6 +194,8 @@ def importance_scores(model, trace: Trace | list[Trace], target_ids, layers=None
     The bound is on the truncation; the arithmetic is float32 (sums in float64), as exact as the
     definition's own float32 log-sum-exp (the two agree to ~1e-5 nats on real models). ``stats``, if given, gets
     the count of such neurons under "exact_neurons" and of all scores under "scores".
+    ``method="auto"`` (default) takes the series for a trace with more than ``SERIES_MIN_ROWS``
+    distinct inputs and the definition otherwise (the series' cost barely falls with fewer cases).
     Returns ``[cases, layers, neurons]`` float32 (a list of them for a list of traces)."""
     traces = [trace] if isinstance(trace, Trace) else list(trace)
     targets, sel = _checked(model, traces, target_ids, layers, method, order, shared_norm)

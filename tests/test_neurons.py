@@ -49,11 +49,14 @@ def test_series_scores_equal_the_log_sum_exp_on_every_family(tiny):
     tr = _trace(model, cases)
     lse = cu.importance_scores(model, tr, targets, method="lse")
     st = {}
-    series = cu.importance_scores(model, tr, targets, stats=st)
+    series = cu.importance_scores(model, tr, targets, method="series", stats=st)
     torch.testing.assert_close(series, lse, atol=2e-6, rtol=1e-5)
     assert st["scores"] == lse.numel() and st["exact_neurons"] < st["scores"]   # the series did the work
     st = {}
-    none = cu.importance_scores(model, tr, targets, tol=0.0, stats=st)          # no bound is <= 0: all by definition
+    auto = cu.importance_scores(model, tr, targets, stats=st)                   # 4 distinct inputs: the definition
+    assert st["exact_neurons"] == st["scores"] and torch.equal(auto, lse)
+    st = {}
+    none = cu.importance_scores(model, tr, targets, method="series", tol=0.0, stats=st)   # no bound <= 0: all by definition
     assert st["exact_neurons"] == st["scores"]
     torch.testing.assert_close(none, lse, atol=1e-6, rtol=1e-6)
 
