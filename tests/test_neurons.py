@@ -53,8 +53,12 @@ def test_series_scores_equal_the_log_sum_exp_on_every_family(tiny):
     torch.testing.assert_close(series, lse, atol=2e-6, rtol=1e-5)
     assert st["scores"] == lse.numel() and st["exact_neurons"] < st["scores"]   # the series did the work
     st = {}
-    auto = cu.importance_scores(model, tr, targets, stats=st)                   # 4 distinct inputs: the definition
-    assert st["exact_neurons"] == st["scores"] and torch.equal(auto, lse)
+    auto = cu.importance_scores(model, tr, targets, stats=st)                   # 4 distinct inputs: the series
+    assert st["exact_neurons"] < st["scores"] and torch.equal(auto, series)
+    st = {}
+    one = cu.importance_scores(model, tr.rows([0, 1]), targets[:2], stats=st)   # 2 distinct inputs: the definition
+    assert st["exact_neurons"] == st["scores"]
+    torch.testing.assert_close(one, lse[:2], atol=1e-6, rtol=1e-5)
     st = {}
     none = cu.importance_scores(model, tr, targets, method="series", tol=0.0, stats=st)   # no bound <= 0: all by definition
     assert st["exact_neurons"] == st["scores"]
