@@ -71,12 +71,11 @@ class Family:
         return bool(self.parallel_residual)
 
 
-_LLAMA = dict(base="model", layers="model.layers", attn="self_attn", o_proj="self_attn.o_proj", mlp="mlp",
-              down="mlp.down_proj", up="mlp.up_proj", gate="mlp.gate_proj", ln_attn="input_layernorm",
-              ln_mlp="post_attention_layernorm", value="self_attn.v_proj", final_norm="model.norm")
 FAMILIES = {
     # Llama, Mistral, Qwen2, SmolLM2: gated MLP, RMSNorm, grouped-query attention
-    "llama": Family(name="llama", norm="rms", **_LLAMA),
+    "llama": Family(name="llama", base="model", layers="model.layers", attn="self_attn", o_proj="self_attn.o_proj",
+                    mlp="mlp", down="mlp.down_proj", up="mlp.up_proj", gate="mlp.gate_proj", ln_attn="input_layernorm",
+                    ln_mlp="post_attention_layernorm", value="self_attn.v_proj", final_norm="model.norm", norm="rms"),
     "gpt2": Family(name="gpt2", base="transformer", layers="transformer.h", attn="attn", o_proj="attn.c_proj",
                    mlp="mlp", down="mlp.c_proj", up="mlp.c_fc", ln_attn="ln_1", ln_mlp="ln_2", value="attn.c_attn",
                    qkv="fused", final_norm="transformer.ln_f", norm="layer", position_embedding="transformer.wpe"),
@@ -132,7 +131,6 @@ def family(model) -> Family:
             f"{', '.join(sorted(MODEL_TYPES))} (Llama, Mistral, Qwen2, SmolLM2, GPT-2, GPT-J, GPT-NeoX). "
             "To add one, register a Family entry (cna_utils/families.py).")
     return FAMILIES[MODEL_TYPES[model_type]]
-
 
 
 def _get(root: nn.Module, path: str) -> nn.Module:

@@ -191,6 +191,9 @@ def answer_logprobs(model, cases, batch_size: int = 64) -> torch.Tensor:
     dev, base, head = model_device(model), base_model(model), unembed(model)
     out = torch.empty(len(cases))
     for prompt, idx in groups.items():
+        # answers batched in a fixed order (by their ids), so a case's number does not depend on the
+        # order the cases were given in (row positions change float rounding in a batched matmul)
+        idx = sorted(idx, key=lambda i: list(cases[i].answer_ids))
         P = len(prompt)
         pre = base(input_ids=torch.tensor([prompt], device=dev), use_cache=True)
         first = torch.log_softmax(head(pre.last_hidden_state[:, -1]).float(), -1)[0].cpu()

@@ -52,12 +52,9 @@ def _clean(x):
 
 def save_results(name: str, results: dict, results_dir: str | os.PathLike) -> Path:
     """Write a chapter's key results to ``results_dir/name.json`` (read by the scoreboard and tests)."""
-    d = Path(results_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_clean(results), indent=2))
-    os.replace(tmp, path)
+    from .cache import save_atomic
+    path = Path(results_dir) / f"{name}.json"
+    save_atomic(_clean(results), path, save=lambda obj, f: f.write_text(json.dumps(obj, indent=2)))
     return path
 
 

@@ -30,7 +30,7 @@ from .families import layers, o_proj, spec
 from .forward import answer_logits, encode, length_batches, model_device, score
 from .heads import _mask_hook, head_means, parse_heads
 from .hooks import attached, capture_input, pre
-from .cache import artefact_key
+from .cache import artefact_key, save_atomic
 
 __all__ = ["head_sweep", "head_sweep_cases"]
 
@@ -186,10 +186,8 @@ def _ablated_scores(model, batch, store, part, means):
 
 def _save_layers(cache: Path, group, fp, kept, per_head) -> None:
     for l in group:
-        tmp = cache / f"layer_{l:03d}.pt.tmp"
-        torch.save({"fingerprint": fp, "heads": {**kept[l], **{lh: v for lh, v in per_head.items() if lh[0] == l}}},
-                   tmp)
-        os.replace(tmp, cache / f"layer_{l:03d}.pt")
+        save_atomic({"fingerprint": fp, "heads": {**kept[l], **{lh: v for lh, v in per_head.items() if lh[0] == l}}},
+                    cache / f"layer_{l:03d}.pt")
 
 
 def _long_frame(cases, heads, results, base, answer) -> pd.DataFrame:
