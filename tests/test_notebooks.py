@@ -209,7 +209,8 @@ def test_browser_check_sees_untypeset_math_and_broken_links(tmp_path):
     (tmp_path / "other.html").write_text('<h2 id="sec">Sec</h2>')
     page = tmp_path / "page.html"
     dom = ('<a href="other.html#sec">ok</a><a href="https://example.org/x">out</a><a href="#top">top</a>'
-           '<a href="missing.html">gone</a><a href="other.html#nope">bad anchor</a><p id="top"></p>')
+           '<a href="missing.html">gone</a><a href="other.html#nope">bad anchor</a><p id="top"></p>'
+           '<script>var t=\'<a href=")}):b;n.x">\';</script>')
     page.write_text(dom)
     found = link_problems(dom, page)
     assert len(found) == 2 and "missing.html is not in the build" in found[0] and "no section #nope" in found[1]

@@ -26,7 +26,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 __all__ = ["find_chromium", "pages", "check_page", "text_problems", "math_problems", "link_problems",
-           "image_text_problems", "main"]
+           "image_text_problems", "without_scripts", "main"]
 
 NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -110,10 +110,17 @@ def math_problems(dom: str) -> list[str]:
     return []
 
 
+def without_scripts(dom: str) -> str:
+    """The page's markup with the bodies of <script> and <style> elements left out: code such as the
+    inline plotly.js holds strings that look like tags and links but are not part of the page."""
+    return re.sub(r"<(script|style)\b.*?</\1\s*>", " ", dom, flags=re.S | re.I)
+
+
 def link_problems(dom: str, page: Path) -> list[str]:
-    """Links to files of the build that do not exist, or to a section id their page does not have."""
+    """Links to files of the build that do not exist, or to a section id their page does not have
+    (links written inside scripts are not links of the page and are skipped)."""
     found = []
-    for href in sorted(set(re.findall(r"<a\b[^>]*\bhref=\"([^\"]+)\"", dom))):
+    for href in sorted(set(re.findall(r"<a\b[^>]*\bhref=\"([^\"]+)\"", without_scripts(dom)))):
         parsed = urlparse(html.unescape(href))
         if parsed.scheme or href.startswith(("//", "mailto:", "javascript:")):
             continue
@@ -138,6 +145,7 @@ def check_page(binary: str, page: Path, shot: Path) -> list[str]:
     problems = []
     if run.returncode != 0 or "<body" not in dom:
         return [f"{page.name}: Chromium could not load it (exit {run.returncode}): {run.stderr.strip()[-300:]}"]
+    dom = without_scripts(dom)
     text = html.unescape(re.sub(r"<[^>]+>", " ", dom))
     if "Traceback (most recent call last)" in text or re.search(r"\b\w+Error\s*Traceback", text):
         problems.append(f"{page.name}: a Python traceback is in the page")
