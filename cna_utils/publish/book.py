@@ -5,6 +5,7 @@ Usage (what ``make book`` runs)::
     python -m cna_utils.publish.book --profile book --model qwen2.5-coder-0.5b --second-model smollm2-135m
     python -m cna_utils.publish.book --profile smoke --model smollm2-135m --second-model smollm2-135m \
         --root /tmp/copy-of-the-book                                         # what the tests run
+    python -m cna_utils.publish.book --part division --no-build             # only the division study
 
 Each ``notebooks/NN_name.ipynb`` is executed into ``book/chapters/NN_name.ipynb`` (git-ignored)
 with the parameters PROFILE, MODEL and RESULTS_DIR (``book/results``); chapters 2-4 run once more
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 
 __all__ = ["execute_notebooks", "write_pages", "build_html", "main", "repository_url", "set_repository",
-           "DIVISION_CHAPTERS", "SECOND_CHAPTERS",
+           "DIVISION_CHAPTERS", "SECOND_CHAPTERS", "PARTS",
            "MAIN_MODEL", "SECOND_MODEL"]
 
 MAIN_MODEL = "qwen2.5-coder-0.5b"      # the model of `make book` (README: why this one)
@@ -93,8 +94,13 @@ def _second_placeholders(src: list[Path], folder: Path) -> None:
             nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(text)]), folder / nb.name)
 
 
+PARTS = ("main", "division", "second")
+
+
 def execute_notebooks(root: Path, profile: str, model: str, only: list[str] | None = None,
-                      second_model: str | None = None) -> list[Path]:
+                      second_model: str | None = None, parts: tuple[str, ...] = PARTS) -> list[Path]:
+    """Execute the chapters (``only``: name prefixes) of the book's ``parts``: "main" (every chapter
+    on ``model``), "division" (chapters 2-4 with OP="/") and "second" (chapters 1-4 on ``second_model``)."""
     import papermill as pm
 
     from ..analysis import study_results_name
@@ -108,10 +114,13 @@ def execute_notebooks(root: Path, profile: str, model: str, only: list[str] | No
     os.environ.setdefault("TQDM_DISABLE", "1")         # the kernels inherit it: no progress bars in the pages
     out_dir, results = root / "book" / "chapters", root / "book" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = [(nb, out_dir, nb.name, results, model, {}) for nb in src]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown part(s) {sorted(unknown)}: choose from {', '.join(PARTS)}")
+    runs = [(nb, out_dir, nb.name, results, model, {}) for nb in src if "main" in parts]
     runs += [(nb, out_dir, study_results_name(nb.stem, "/") + ".ipynb", results, model, dict(OP="/")) for nb in src
-             if nb.name[:2] in DIVISION_CHAPTERS]
-    second = [nb for nb in src if second_model and nb.name[:2] in SECOND_CHAPTERS]
+             if nb.name[:2] in DIVISION_CHAPTERS and "division" in parts]
+    second = [nb for nb in src if second_model and nb.name[:2] in SECOND_CHAPTERS and "second" in parts]
     copied = second_model == model
     if second and not copied:
         runs += [(nb, out_dir / SECOND, nb.name, results / SECOND, second_model, {}) for nb in second]
@@ -206,7 +215,11 @@ def main(argv=None) -> None:
                     help="the model of the second-model appendix (chapters 1-4 again); 'none' skips it")
     ap.add_argument("--root", default=".", help="the book's root folder (holds _config.yml)")
     ap.add_argument("--only", nargs="*", help="notebook name prefixes to execute, e.g. 01")
+    ap.add_argument("--part", nargs="*", choices=PARTS, default=list(PARTS),
+                    help="which runs to execute: main (every chapter), division (chapters 2-4, OP='/'), "
+                         "second (chapters 1-4 on the second model); default all")
     ap.add_argument("--no-execute", action="store_true", help="only build the HTML from executed chapters")
+    ap.add_argument("--no-build", action="store_true", help="execute the chapters, do not build the HTML")
     ap.add_argument("--set-repository", metavar="URL",
                     help="point every badge, button and install line at URL (https://github.com/OWNER/NAME) and stop")
     args = ap.parse_args(argv)
@@ -217,8 +230,9 @@ def main(argv=None) -> None:
         return
     if not args.no_execute:
         second = None if args.second_model in ("", "none") else args.second_model
-        execute_notebooks(root, args.profile, args.model, args.only, second)
-    build_html(root)
+        execute_notebooks(root, args.profile, args.model, args.only, second, tuple(args.part))
+    if not args.no_build:
+        build_html(root)
 
 
 if __name__ == "__main__":
