@@ -68,7 +68,9 @@ from .models import (BUILTIN_MODELS, ModelSpec, UnsupportedModelError, attention
 from .neurons import (cna, coef_decrease, importance_scores, mask_neurons, neuron_effects, neuron_name,
                       parse_neurons, projection, run_masked, single_token, top_neurons)
 from .paper import PAPER_MODEL, paper_table
-from .profiles import PROFILES, get_profile, load_results, save_results, spread_layers
+from .profiles import PROFILES, get_profile
+from .results import load_results, save_results
+from .depth import spread_layers
 from .sweep import head_sweep, head_sweep_cases
 from .tracing import Trace, attention_pattern, frozen_logits, frozen_norm, trace
 from .vocab import concept_mask, count_concepts, load_lexicon, token_text, vocab_logits, vocab_projection

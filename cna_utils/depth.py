@@ -7,12 +7,21 @@ Usage::
 """
 from __future__ import annotations
 
-__all__ = ["PAPER_LAYERS", "depth_map", "scale_layer", "lora_groups", "lora_layers", "TABLE9_LAYERS"]
+__all__ = ["PAPER_LAYERS", "depth_map", "scale_layer", "spread_layers", "lora_groups", "lora_layers", "TABLE9_LAYERS"]
 
 PAPER_LAYERS = 32          # Llama-7B
 PAPER_DEEP_START = 17      # "17th-31th layers" (deep FFN layers, Table 5)
 PAPER_SHALLOW_FFN_END = 16    # FFN layers 0-15 (Table 8)
 PAPER_SHALLOW_ATTN_END = 17   # attention layers 0-16 (Table 8)
+
+
+def spread_layers(n_layers: int, k: int | None) -> list[int]:
+    """``k`` evenly spread layers including the first and the last (all layers when k is None)."""
+    if k is None or k >= n_layers:
+        return list(range(n_layers))
+    if k == 1:
+        return [n_layers // 2]
+    return sorted({round(i * (n_layers - 1) / (k - 1)) for i in range(k)})
 
 
 def depth_map(n_layers: int) -> dict:
@@ -44,6 +53,5 @@ TABLE9_LAYERS = (9, 15, 16, 19, 20)
 def lora_layers(n_layers: int, k: int | None, table9: bool = True) -> list[int]:
     """The LoRA layers a chapter trains: ``k`` evenly spread layers (every layer for None), plus
     the paper's Table 9 layers (9, 15, 16, 19, 20 of 32) scaled when ``table9``."""
-    from .profiles import spread_layers
     extra = {scale_layer(x, n_layers) for x in TABLE9_LAYERS} if table9 else set()
     return sorted(set(spread_layers(n_layers, k)) | extra)

@@ -1,10 +1,12 @@
-"""The causal checks of a CNA ranking: Table 5 (mask / keep / coef), Table 6 (zero the lowest top
-neuron) and the importance score against the effect of zeroing a neuron.
+"""The checks of a CNA ranking: Table 5 (mask / keep / coef), Table 6 (zero the lowest top
+neuron), the importance score against the effect of zeroing a neuron, and Table 7 (the shallow
+vectors before and after the attention transform).
 
 Usage::
 
     mask_keep(model, tok, cases, res)               # Table 5, per case and k
     lowest_neuron_effect(model, tok, cases, res)    # Table 6, per case and k
+    hidden_vectors(model, tok, case, transfer_scores(...), positions, concept_mask(tok))   # Table 7
 """
 from __future__ import annotations
 
@@ -12,13 +14,15 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .circuits import lowest_neuron
+from .circuits import lowest_neuron, ov_transform
 from .depth import depth_map
-from .families import spec
+from .families import ffn_values, spec
 from .neurons import coef_decrease, neuron_effects, run_masked, top_neurons
 from .study import CNAResult
+from .tracing import norm_stats, trace
+from .vocab import count_concepts, vocab_logits, vocab_projection
 
-__all__ = ["mask_keep", "importance_vs_effect", "lowest_neuron_effect"]
+__all__ = ["mask_keep", "importance_vs_effect", "lowest_neuron_effect", "hidden_vectors"]
 
 def mask_keep(model, tokenizer, cases, res: CNAResult, ks=(99, 50, 30, 20, 10), deep_layers=None,
               progress: bool = False) -> pd.DataFrame:
@@ -87,3 +91,28 @@ def lowest_neuron_effect(model, tokenizer, cases, res: CNAResult, ks=(99, 50, 30
                              coef=coef_decrease(torch.tensor(t.coef_ori.values), after),
                              still_correct=bool(out["correct"][j])))
     return pd.DataFrame(rows)
+
+
+def hidden_vectors(model, tokenizer, case, scores: pd.DataFrame, positions, mask: torch.Tensor,
+                   per_position: int = 2, show: int = 8, count_top: int = 50) -> pd.DataFrame:
+    """Paper Table 7: from ``scores`` (``transfer_scores`` rows), the best ``per_position`` shallow
+    subvalues m v and the word embedding at each operand position, each projected to the vocabulary
+    as it is ("origin") and after the value-output transform of its attention layer ("attn
+    transform", norm frozen at the real residual of the position): the top-``show`` tokens and the
+    number of concept tokens (``mask``) among the top ``count_top``. One row per vector, indexed by
+    name, with its position and the operand it sits on."""
+    ids = list(case.prompt_ids)
+    resid = trace(model, tokenizer, [case], positions="all", keep=("resid_in",)).resid_in[0]   # [T, layers, d]
+    pick = pd.concat([scores[(scores.layer >= 0) & (scores.position == p)].head(per_position) for p in positions] +
+                     [scores[(scores.layer < 0) & (scores.position == p)].head(1) for p in positions])
+    pick["operand"] = [tokenizer.decode([ids[p]]).strip() for p in pick.position]
+    vecs = []
+    for r in pick.itertuples():
+        p, t = int(r.position), int(r.attn_layer)
+        vec = resid[p, 0] if r.layer < 0 else ffn_values(model, int(r.layer))[:, int(r.neuron)].detach() * r.coef
+        vecs.append((vec, ov_transform(model, t, vec, scale=norm_stats(model, resid[p, t])[0])))
+    for j, col in enumerate(["origin", "attn transform"]):
+        pick[col] = [", ".join(vocab_projection(model, tokenizer, v[j], k=show)) for v in vecs]
+        pick[f"concepts in top-{count_top}, {col}"] = [
+            int(count_concepts(vocab_logits(model, v[j]).topk(count_top).indices, mask)) for v in vecs]
+    return pick.drop(columns=["layer", "neuron", "coef"]).set_index("name")

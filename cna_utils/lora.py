@@ -41,7 +41,7 @@ from .evaluate import accuracy
 from .forward import answer_logits, encode, model_device
 from .families import attention, spec, stores_in_out
 from .cache import artefact_key
-from .profiles import save_results
+from .results import save_results
 
 __all__ = ["attention_linears", "lora_config", "lora_applied", "lora_splits", "train_lora", "train_cached", "run_key",
            "lora_per_layer", "trainable_parameters"]

@@ -384,6 +384,34 @@ def test_transfer_scores_follow_the_stated_path():
         assert r.score == pytest.approx(float(key @ read), rel=1e-3, abs=1e-6)
 
 
+def test_hidden_vectors_read_the_vectors_of_the_path():
+    """Table 7's rows: each vector is the subvalue m v of its neuron at its position (the embedding
+    for layer -1), and its "attn transform" is that vector through its attention layer's OV map with
+    the position's own norm scale; the concept counts are the mask's hits in the top tokens."""
+    from cna_utils.experiments import hidden_vectors
+    model = make_model("llama-gqa")
+    case = random_cases(model, n=1, prompt_len=(5, 5))[0]
+    ts = cu.transfer_scores(model, TOK, case, "2_1", "2_5", positions=[1, 3], ffn_layers=[0], attn_layers=[1], top=5)
+    vocab = cu.unembed(model).weight.shape[0]
+    mask = torch.zeros(vocab, dtype=torch.bool)
+    mask[torch.randperm(vocab, generator=torch.Generator().manual_seed(0))[:vocab // 3]] = True
+    hv = hidden_vectors(model, TOK, case, ts, [1, 3], mask, per_position=2, show=3, count_top=5)
+    n_neurons = sum(min(2, int(((ts.layer >= 0) & (ts.position == p)).sum())) for p in (1, 3))
+    assert len(hv) == n_neurons + 2 and hv.index.str.startswith("embedding@").sum() == 2
+    tr = cu.trace(model, TOK, [case], positions="all", keep=("resid_in", "coef"))
+    for name, r in hv.iterrows():
+        src = ts[(ts.name == name) & (ts.position == r.position)].iloc[0]
+        p = int(src.position)
+        if src.layer < 0:
+            vec = tr.resid_in[0, p, 0]
+        else:
+            vec = cu.ffn_values(model, 0)[:, int(src.neuron)].detach() * tr.coef[0, p, 0, int(src.neuron)]
+        moved = cu.ov_transform(model, 1, vec, scale=cu.tracing.norm_stats(model, tr.resid_in[0, p, 1])[0])
+        for col, v in (("origin", vec), ("attn transform", moved)):
+            assert r[col] == ", ".join(cu.vocab_projection(model, TOK, v, k=3))
+            assert r[f"concepts in top-5, {col}"] == int(mask[cu.vocab_logits(model, v).topk(5).indices].sum())
+
+
 def test_mask_keep_keeps_everything_at_full_k():
     """keep with k = every deep neuron zeroes nothing; mask with k = 0 neurons is not allowed."""
     from cna_utils.analysis import cna_cases, mask_keep

@@ -26,7 +26,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 __all__ = ["find_chromium", "pages", "check_page", "text_problems", "math_problems", "link_problems",
-           "image_text_problems", "without_scripts", "main"]
+           "image_text_problems", "without_scripts", "page_height", "screenshot", "main"]
 
 NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -63,6 +63,10 @@ def shot_name(html_dir: Path, page: Path) -> str:
     """The screenshot's name: the page's path under book/, folders joined by "-" (chapters/second/01_x -> second-01_x)."""
     rel = page.relative_to(html_dir / "book").with_suffix("")
     return "-".join(rel.parts[1:] if rel.parts[0] in ("chapters", "_generated") else rel.parts)
+
+
+WIDTH = 1280          # screenshot width (px): a laptop window
+MAX_HEIGHT = 32000    # the tallest screenshot taken (px); a taller page is cut there, and said so
 
 
 def _chromium(binary: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -135,6 +139,30 @@ def link_problems(dom: str, page: Path) -> list[str]:
     return found
 
 
+def page_height(binary: str, page: Path, width: int = WIDTH) -> int | None:
+    """The rendered height (px) of ``page`` at ``width``, read by loading a copy of it (beside it, so
+    that its links resolve) with one added script that writes the document's height into the title
+    once the page and its math have settled. None when it cannot be read."""
+    probe = page.with_name(f".height-probe-{page.name}")
+    script = ("<script>window.addEventListener('load', () => setTimeout(() => "
+              "{document.title = 'page-height:' + document.documentElement.scrollHeight}, 2000));</script>")
+    probe.write_text(page.read_text(errors="replace").replace("</body>", script + "</body>", 1))
+    try:
+        dom = _chromium(binary, f"--window-size={width},1000", "--dump-dom", probe.resolve().as_uri()).stdout
+    finally:
+        probe.unlink(missing_ok=True)
+    m = re.search(r"page-height:(\d+)", dom)
+    return int(m.group(1)) if m else None
+
+
+def screenshot(binary: str, page: Path, shot: Path, width: int = WIDTH) -> tuple[int, int]:
+    """A full-height screenshot of ``page`` (cut at MAX_HEIGHT) into ``shot``; returns (width, height)."""
+    height = min(page_height(binary, page, width) or 2400, MAX_HEIGHT)
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    _chromium(binary, f"--screenshot={shot.resolve()}", f"--window-size={width},{height}", page.resolve().as_uri())
+    return width, height
+
+
 def check_page(binary: str, page: Path, shot: Path) -> list[str]:
     """Problems found on one page (empty list: the page is fine)."""
     if not page.exists():
@@ -157,11 +185,18 @@ def check_page(binary: str, page: Path, shot: Path) -> list[str]:
         target = (page.parent / unquote(urlparse(src).path)).resolve()
         if not target.exists() or target.stat().st_size == 0:
             problems.append(f"{page.name}: image {src} does not exist")
-    shot.parent.mkdir(parents=True, exist_ok=True)
-    _chromium(binary, f"--screenshot={shot.resolve()}", "--window-size=1280,2400", url)
+    _, height = screenshot(binary, page, shot)
     if not shot.exists() or shot.stat().st_size == 0:
         problems.append(f"{page.name}: no screenshot could be taken")
+    elif height >= MAX_HEIGHT:
+        print(f"    {page.name}: taller than {MAX_HEIGHT} px, the screenshot shows its top {MAX_HEIGHT} px", flush=True)
     return problems
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from a PNG file's header."""
+    head = path.read_bytes()[16:24]
+    return int.from_bytes(head[:4], "big"), int.from_bytes(head[4:], "big")
 
 
 def main(argv=None) -> int:
@@ -178,8 +213,10 @@ def main(argv=None) -> int:
     todo = pages(html_dir)
     problems = []
     for page in todo:
-        found = check_page(binary, page, shots / (shot_name(html_dir, page) + ".png"))
-        print(f"{'ok ' if not found else 'BAD'} {page.relative_to(html_dir)}", flush=True)
+        shot = shots / (shot_name(html_dir, page) + ".png")
+        found = check_page(binary, page, shot)
+        size = f" ({_png_size(shot)[0]}x{_png_size(shot)[1]} px)" if shot.exists() else ""
+        print(f"{'ok ' if not found else 'BAD'} {page.relative_to(html_dir)}{size}", flush=True)
         problems += found
     if problems:
         print("\n".join(problems), file=sys.stderr)

@@ -18,7 +18,8 @@ import torch
 
 from ..families import ModelSpec, spec
 from ..models import load_model, model_label
-from ..profiles import get_profile, save_results
+from ..profiles import get_profile
+from ..results import save_results
 from ..weights import WEIGHTS, provenance
 
 __all__ = ["Chapter", "open_chapter"]
