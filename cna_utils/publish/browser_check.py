@@ -215,7 +215,7 @@ def main(argv=None) -> int:
     for page in todo:
         shot = shots / (shot_name(html_dir, page) + ".png")
         found = check_page(binary, page, shot)
-        size = f" ({_png_size(shot)[0]}x{_png_size(shot)[1]} px)" if shot.exists() else ""
+        size = " ({}x{} px)".format(*_png_size(shot)) if shot.exists() else ""
         print(f"{'ok ' if not found else 'BAD'} {page.relative_to(html_dir)}{size}", flush=True)
         problems += found
     if problems:
