@@ -122,9 +122,20 @@ def performance_markdown(bench_dir, fig_name: str | None = None) -> str:
                 + ". The series leaves the log-sum-exp floor behind; what remains is mostly the projection "
                 "itself (its FLOPs at the measured peak would take " + ", ".join(
                     f"{100 * r['projection_share_of_series']:.0f}% of the series time for {n}" for n, r in imp.items())
-                + "). The same top-99 neurons per case: " + ", ".join(
-                    f"{n}: {'yes' if r['same_top99'] else 'no'}" for n, r in imp.items()) + ".", ""]
+                + "). Top-99 neurons per case, series against lse: " + "; ".join(
+                    _top99_agreement(n, r) for n, r in imp.items()) + ".", ""]
     return "\n".join(out)
+
+
+def _top99_agreement(name: str, r: dict) -> str:
+    if "top99_cases_differing" not in r:                    # an entry written before the count was kept
+        return f"{name}: {'the same in every case' if r['same_top99'] else 'not the same in every case'}"
+    n = r["top99_cases_differing"]
+    if n == 0:
+        return f"{name}: the same in all {r['cases']} cases"
+    why = ("only by neurons that tie with the 99th score within twice the largest difference"
+           if r["top99_differences_are_ties"] else "by neurons that do not tie with the 99th score")
+    return f"{name}: the same in {r['cases'] - n} of {r['cases']} cases; the others differ {why}"
 
 
 def write_performance(bench_dir, out_dir) -> Path:

@@ -1,0 +1,63 @@
+"""The benchmarks' own bookkeeping: how agreement between two exact methods is counted and reported."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from cna_utils.publish.perf_page import performance_markdown
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _importance_module():
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_importance", BENCH / "importance.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_top_k_agreement_counts_cases_and_tells_ties_from_real_differences():
+    agree = _importance_module().top_k_agreement
+    a = torch.arange(12.0).reshape(2, 2, 3)                      # 2 cases, 6 scores each
+    assert agree(a, a.clone(), k=3, tol=1e-6) == (0, True)
+    far = a.clone()
+    far[1, 0, 0] = 100.0                                         # case 1: neuron 0 jumps into the top-3, far from a tie
+    differ, ties = agree(a, far, k=3, tol=1e-6)
+    assert (differ, ties) == (1, False)
+
+
+def test_top_k_agreement_accepts_a_swap_at_the_boundary_within_tolerance():
+    agree = _importance_module().top_k_agreement
+    a = torch.tensor([[5.0, 3.0 + 1e-7, 3.0, 0.0]], dtype=torch.float64)
+    b = torch.tensor([[5.0, 3.0, 3.0 + 2e-7, 0.0]], dtype=torch.float64)  # 2nd place: neuron 1, then neuron 2
+    assert agree(a, b, k=2, tol=1e-6) == (1, True)
+    assert agree(a, b, k=2, tol=1e-9) == (1, False)
+
+
+def _importance_entry(**extra) -> dict:
+    return {"model": "m", "cases": 100, "layers": 2, "neurons": 3, "vocab": 5, "threads": 2,
+            "max_abs_diff_nats": {"series_vs_lse": 1e-6}, "scored_by_definition": 0.0,
+            "seconds": {k: 1.0 for k in ("series_all_layers", "lse_all_layers_projected",
+                                         "per_case_all_projected", "lse_floor_all_layers")},
+            "ratio_lse_over_series": 1.0, "ratio_per_case_over_series": 1.0,
+            "ratio_series_over_lse_floor": 1.0, "matmul_peak_gflops": 1.0,
+            "projection_share_of_series": 0.5, **extra}
+
+
+def test_performance_page_states_how_many_cases_share_the_top_99(tmp_path):
+    entries = {"new": _importance_entry(top99_cases_differing=3, top99_differences_are_ties=True),
+               "same": _importance_entry(top99_cases_differing=0, top99_differences_are_ties=True),
+               "old": _importance_entry(same_top99=False)}
+    (tmp_path / "importance.json").write_text(json.dumps(entries))
+    page = performance_markdown(tmp_path, None)
+    assert "new: the same in 97 of 100 cases; the others differ only by neurons that tie" in page
+    assert "same: the same in all 100 cases" in page
+    assert "old: not the same in every case" in page
