@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cna_utils.publish.book import DIVISION_CHAPTERS, SECOND_CHAPTERS
+from cna_utils.publish.book import DIVISION_CHAPTERS, SECOND_CHAPTERS, execute_notebooks
 from cna_utils.weights import WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,3 +222,13 @@ def test_browser_check_wants_alt_text_or_a_caption():
     assert image_text_problems('<figure><img src="a.png"><figcaption>Fig. 1 drops</figcaption></figure>') == []
     assert "without alt text" in image_text_problems('<p><img src="a.png" alt=""></p>')[0]
     assert len(image_text_problems('<figure><img src="a.png"></figure><img src="b.png">')) == 2
+
+
+def test_second_part_alone_with_the_main_model_says_to_run_the_main_part_first(tmp_path):
+    """The appendix on the main model copies the main chapters: asked for alone before they exist, it
+    stops at once with what to do (nothing has been executed)."""
+    (tmp_path / "notebooks").mkdir()
+    shutil.copy(NOTEBOOKS[0], tmp_path / "notebooks" / NOTEBOOKS[0].name)
+    with pytest.raises(FileNotFoundError, match="run the 'main' part first"):
+        execute_notebooks(tmp_path, "smoke", "smollm2-135m", second_model="smollm2-135m", parts=("second",))
+    assert not list((tmp_path / "book" / "chapters").glob("*.ipynb"))

@@ -122,6 +122,12 @@ def execute_notebooks(root: Path, profile: str, model: str, only: list[str] | No
              if nb.name[:2] in DIVISION_CHAPTERS and "division" in parts]
     second = [nb for nb in src if second_model and nb.name[:2] in SECOND_CHAPTERS and "second" in parts]
     copied = second_model == model
+    missing = [nb.name for nb in second if copied and "main" not in parts and not (out_dir / nb.name).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"the second model is the main model ({model}), so the appendix copies the main chapters, but "
+            f"{', '.join(missing)} have not been executed under {out_dir}: run the 'main' part first "
+            "(or name another --second-model)")
     if second and not copied:
         runs += [(nb, out_dir / SECOND, nb.name, results / SECOND, second_model, {}) for nb in second]
     done = []
