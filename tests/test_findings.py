@@ -44,3 +44,22 @@ def test_a_page_without_the_block_gets_a_clear_error(tmp_path):
     page.write_text("no block here\n")
     with pytest.raises(ValueError, match="has no findings block"):
         findings.update(findings.RESULTS, [page])
+
+
+def test_interactive_figure_titles_wrap_to_the_text_column():
+    """plotly cuts a title wider than the figure off: long titles break into lines, and the figure
+    grows by the lines it added (a short title is left as it is)."""
+    import pandas as pd
+
+    from cna_utils.publish import interactive
+
+    summary = pd.DataFrame({"layer": [0, 1], "head": [0, 1], "op": ["+", "+"], "drop": [0.1, -0.2]})
+    long = "Drop in mean log p(first answer token) when one head is zeroed, screen set (16 cases per operation)"
+    fig = interactive.head_heatmaps(summary, 2, 2, title=long)
+    lines = fig.layout.title.text.split("<br>")
+    assert len(lines) == 2 and all(len(x) <= interactive.TITLE_CHARS for x in lines)
+    assert " ".join(lines) == long
+    short = interactive.head_heatmaps(summary, 2, 2, title="Accuracy drop")
+    assert short.layout.title.text == "Accuracy drop" and fig.layout.height == short.layout.height + 20
+    top = pd.DataFrame({"layer": [3], "score": [1.5], "name": ["3_7"]})
+    assert "<br>" in interactive.cna_scores(top, title=long).layout.title.text

@@ -29,6 +29,7 @@ def smoke_book(tmp_path_factory):
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy(ROOT / name, root / name)
     shutil.copytree(ROOT / "notebooks", root / "notebooks")
+    shutil.copytree(ROOT / "_static", root / "_static")
     shutil.copytree(ROOT / "book", root / "book", ignore=shutil.ignore_patterns("chapters", "results", "_generated"))
     if (ROOT / "bench" / "results").exists():
         shutil.copytree(ROOT / "bench" / "results", root / "bench" / "results")
@@ -43,6 +44,7 @@ def test_smoke_book_builds(smoke_book):
     for nb in NOTEBOOKS:
         page = html / "book" / "chapters" / f"{nb.stem}.html"
         assert page.exists(), page
+        assert "_static/book.css" in page.read_text(), "the book's stylesheet is not linked"
         assert "Traceback" not in page.read_text()
 
 

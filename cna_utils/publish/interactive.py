@@ -10,6 +10,8 @@ MB, no network needed: the offline book works) and reused by the figures after i
 """
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -18,6 +20,16 @@ from plotly.subplots import make_subplots
 __all__ = ["show", "head_heatmaps", "cna_scores"]
 
 _PLOTLY_JS_WRITTEN = False
+TITLE_CHARS = 60             # a title line that still fits the book's text column (about 700 px)
+
+
+def _title(title: str | None) -> tuple[str | None, int]:
+    """``title`` broken into lines that fit the page (plotly cuts a long one off), and the extra top
+    margin (px) its additional lines need."""
+    if not title:
+        return title, 0
+    lines = textwrap.wrap(title, TITLE_CHARS)
+    return "<br>".join(lines), 20 * (len(lines) - 1)
 
 
 def show(fig: go.Figure) -> None:
@@ -50,7 +62,9 @@ def head_heatmaps(summary: pd.DataFrame, n_layers: int, n_heads: int, value: str
                       row=1, col=i)
         fig.update_xaxes(title_text="head", row=1, col=i)
     fig.update_yaxes(title_text="layer", row=1, col=1)
-    fig.update_layout(title=title, height=max(320, 14 * n_layers + 140), margin=dict(l=50, r=20, t=70, b=40))
+    title, more = _title(title)
+    fig.update_layout(title=title, height=max(320, 14 * n_layers + 140) + more,
+                      margin=dict(l=50, r=20, t=70 + more, b=40))
     return fig
 
 
@@ -69,6 +83,7 @@ def cna_scores(top: pd.DataFrame, mark: int | None = None, title: str | None = N
     if mark is not None:
         fig.add_vline(x=mark - 0.5, line_dash="dash", line_color="firebrick",
                       annotation_text=f"head's layer {mark}", annotation_position="top left")
-    fig.update_layout(title=title, xaxis_title="FFN layer", yaxis_title="CNA score (nats)", height=380,
-                      margin=dict(l=50, r=20, t=60, b=40))
+    title, more = _title(title)
+    fig.update_layout(title=title, xaxis_title="FFN layer", yaxis_title="CNA score (nats)", height=380 + more,
+                      margin=dict(l=50, r=20, t=60 + more, b=40))
     return fig
