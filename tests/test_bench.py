@@ -59,5 +59,8 @@ def test_performance_page_states_how_many_cases_share_the_top_99(tmp_path):
     (tmp_path / "importance.json").write_text(json.dumps(entries))
     page = performance_markdown(tmp_path, None)
     assert "new: the same in 97 of 100 cases; the others differ only by neurons that tie" in page
+    entries["new"]["top99_cases_differing"] = 1
+    (tmp_path / "importance.json").write_text(json.dumps(entries))
+    assert "new: the same in 99 of 100 cases; the other differs only" in performance_markdown(tmp_path, None)
     assert "same: the same in all 100 cases" in page
     assert "old: not the same in every case" in page

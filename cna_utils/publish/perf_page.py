@@ -119,7 +119,7 @@ def performance_markdown(bench_dir, fig_name: str | None = None) -> str:
                        f"{max(d.values()):.0e} |")
         out += ["", "All on " + ", ".join(f"{r['threads']} CPU threads (fp32 matmul peak "
                                           f"{r['matmul_peak_gflops']:.0f} GFLOP/s) for {n}" for n, r in imp.items())
-                + ". The series leaves the log-sum-exp floor behind; what remains is mostly the projection "
+                + ". The series leaves the log-sum-exp floor behind; part of what remains is the projection "
                 "itself (its FLOPs at the measured peak would take " + ", ".join(
                     f"{100 * r['projection_share_of_series']:.0f}% of the series time for {n}" for n, r in imp.items())
                 + "). Top-99 neurons per case, series against lse: " + "; ".join(
@@ -135,7 +135,8 @@ def _top99_agreement(name: str, r: dict) -> str:
         return f"{name}: the same in all {r['cases']} cases"
     why = ("only by neurons that tie with the 99th score within twice the largest difference"
            if r["top99_differences_are_ties"] else "by neurons that do not tie with the 99th score")
-    return f"{name}: the same in {r['cases'] - n} of {r['cases']} cases; the others differ {why}"
+    rest = "the other differs" if n == 1 else "the others differ"
+    return f"{name}: the same in {r['cases'] - n} of {r['cases']} cases; {rest} {why}"
 
 
 def write_performance(bench_dir, out_dir) -> Path:
