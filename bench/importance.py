@@ -71,7 +71,8 @@ def top_k_agreement(a: torch.Tensor, b: torch.Tensor, k: int, tol: float) -> tup
         only_one = set(top.indices.tolist()) ^ set(y.topk(k).indices.tolist())
         if only_one:
             differ += 1
-            ties &= all(abs(float(x[i] - top.values[-1])) <= tol for i in only_one)
+            kth = float(top.values[-1])
+            ties &= all(abs(float(x[i]) - kth) <= tol for i in only_one)
     return differ, ties
 
 

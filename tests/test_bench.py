@@ -55,12 +55,12 @@ def _importance_entry(**extra) -> dict:
 def test_performance_page_states_how_many_cases_share_the_top_99(tmp_path):
     entries = {"new": _importance_entry(top99_cases_differing=3, top99_differences_are_ties=True),
                "same": _importance_entry(top99_cases_differing=0, top99_differences_are_ties=True),
-               "old": _importance_entry(same_top99=False)}
+               "apart": _importance_entry(top99_cases_differing=2, top99_differences_are_ties=False)}
     (tmp_path / "importance.json").write_text(json.dumps(entries))
     page = performance_markdown(tmp_path, None)
     assert "new: the same in 97 of 100 cases; the others differ only by neurons that tie" in page
+    assert "same: the same in all 100 cases" in page
+    assert "apart: the same in 98 of 100 cases; the others differ by neurons that do not tie" in page
     entries["new"]["top99_cases_differing"] = 1
     (tmp_path / "importance.json").write_text(json.dumps(entries))
     assert "new: the same in 99 of 100 cases; the other differs only" in performance_markdown(tmp_path, None)
-    assert "same: the same in all 100 cases" in page
-    assert "old: not the same in every case" in page

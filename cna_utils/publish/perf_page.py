@@ -128,8 +128,6 @@ def performance_markdown(bench_dir, fig_name: str | None = None) -> str:
 
 
 def _top99_agreement(name: str, r: dict) -> str:
-    if "top99_cases_differing" not in r:                    # an entry written before the count was kept
-        return f"{name}: {'the same in every case' if r['same_top99'] else 'not the same in every case'}"
     n = r["top99_cases_differing"]
     if n == 0:
         return f"{name}: the same in all {r['cases']} cases"
