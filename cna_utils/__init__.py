@@ -54,7 +54,7 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 warnings.filterwarnings("ignore", message="Could not find a config file")
 
-from . import analysis, bias, lora, prune  # noqa: E402
+from . import analysis, bias, claims, lora, measures, prune, stats  # noqa: E402
 from .circuits import (attn_norm_linear, hidden_interpretable, lowest_neuron, ov_backproject, ov_factors, ov_transform,
                        pe_dag_edges, transfer_scores)
 from .compare import Comparison, compare

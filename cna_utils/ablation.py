@@ -13,7 +13,15 @@ import torch
 from .evaluate import accuracy, relative_decrease
 from .neurons import mask_neurons
 
-__all__ = ["accuracy_decrease", "zero_shot_table"]
+__all__ = ["accuracy_decrease", "masked_correct", "zero_shot_table"]
+
+
+def masked_correct(model, tokenizer, cases, neurons):
+    """Per case: is the first answer token still the argmax with ``neurons`` zeroed? (numpy bool array)"""
+    if isinstance(neurons, pd.DataFrame):
+        neurons = list(zip(neurons.layer, neurons.neuron))
+    with mask_neurons(model, list(neurons)):
+        return accuracy(model, tokenizer, cases).first_correct.to_numpy(dtype=bool)
 
 
 def accuracy_decrease(model, tokenizer, cases, neurons, base: float | None = None) -> float:
@@ -38,19 +46,27 @@ def zero_shot_table(model, tokenizer, cases, hid: pd.DataFrame, random_draws: in
     the same size (a generator seeded with ``seed``, drawn in order); the same for the reading with
     the attention layers above the neuron only; how many of them are interpretable before any
     transform too; and their share of the shallow neurons. One column per M."""
-    base = accuracy(model, tokenizer, cases).first_correct.mean()
+    base_correct = accuracy(model, tokenizer, cases).first_correct.to_numpy(dtype=bool)
+    base = base_correct.mean()
+    if base == 0:
+        raise ValueError("the model answers none of these cases: a relative decrease is undefined")
+    dec = lambda correct: float(relative_decrease(base, correct.mean()))
     gen = torch.Generator().manual_seed(seed)
     n = len(hid)
-    rows = {}
+    rows, per_case = {}, {"base": base_correct.tolist()}
     for M in thresholds:
         chosen, above = hid[hid.concepts > M], hid[hid.concepts_above > M]
-        rand = [accuracy_decrease(model, tokenizer, cases, hid.iloc[torch.randperm(n, generator=gen)[:len(chosen)].tolist()],
-                                  base) for _ in range(random_draws)]
-        rows[f"M={M}"] = {"number": len(chosen), "accuracy_decrease": accuracy_decrease(model, tokenizer, cases, chosen, base),
-                          "random_decrease": sum(rand) / len(rand) if rand else float("nan"),
+        rand = [masked_correct(model, tokenizer, cases, hid.iloc[torch.randperm(n, generator=gen)[:len(chosen)].tolist()])
+                for _ in range(random_draws)]
+        got = masked_correct(model, tokenizer, cases, chosen)
+        per_case[M] = {"chosen": got.tolist(), "random": [r.tolist() for r in rand]}
+        rows[f"M={M}"] = {"number": len(chosen), "accuracy_decrease": dec(got),
+                          "random_decrease": sum(map(dec, rand)) / len(rand) if rand else float("nan"),
                           "number, attention above only": len(above),
                           "accuracy_decrease, attention above only": accuracy_decrease(model, tokenizer, cases, above,
                                                                                        base),
                           "raw_also_interpretable": int((chosen.concepts_raw > M).sum()),
                           "share_of_shallow_neurons": 100 * len(chosen) / n}
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    table.attrs["per_case"] = per_case
+    return table

@@ -261,13 +261,14 @@ def edit_table(model, tokenizer, sets: dict, prompt_sets: dict, professions: dic
     """Table 13: the bias (``bias_summary``: total and per gender) of ``professions`` after each edit
     of ``sets`` (neurons zeroed), per named prompt set, and the total of ``paper_professions`` on the
     first prompt set; then one row per k with the mean over its random sets. Columns are
-    (prompt set, total / gender)."""
+    (prompt set, total / gender). ``.attrs["scores"]``: each edit's ``bias_scores`` frame."""
     templates = list(dict.fromkeys(t for ps in prompt_sets.values() for t in ps))
     first = next(iter(prompt_sets.values()))
-    rows = {}
+    rows, scores = {}, {}
     for name, neurons in sets.items():
         with mask_neurons(model, neurons):
             b = bias_scores(model, tokenizer, templates, professions, genders)
+            scores[name] = b.to_dict(orient="list")
             paper_total = bias_summary(bias_scores(model, tokenizer, first, paper_professions, genders), genders)["total"]
         row = {}
         for pname, ps in prompt_sets.items():
@@ -281,5 +282,6 @@ def edit_table(model, tokenizer, sets: dict, prompt_sets: dict, professions: dic
     for k in dict.fromkeys(n.split(" ")[0][len("random-"):] for n in rand.index):
         sel = rand[rand.index.str.startswith(f"random-{k} ")]
         out.loc[f"random-{k} (mean of {len(sel)})"] = sel.mean()
+    out.attrs["scores"] = scores
     return out
 

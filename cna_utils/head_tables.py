@@ -106,11 +106,12 @@ def table_2(summary_by_op: pd.DataFrame, summary_by_group: pd.DataFrame, ops="+-
 def table_3(model, tokenizer, cases: list[Case], top: dict[str, str], batch_size: int = 64,
             base_accuracy: pd.DataFrame | None = None) -> pd.DataFrame:
     """Decrease (%) of teacher-forced digit accuracy on "memorize" and "change-one" digits when the
-    op's top head is ablated (Table 3). ``cases`` should be numeral cases (words have no digits).
+    op's top head is ablated (Table 3); ``.attrs["digits"]`` holds one row per digit (op, head, kind,
+    base and ablated correct) for the intervals. ``cases`` should be numeral cases (words have no digits).
     ``base_accuracy``: ``accuracy(model, tokenizer, cases)`` if already computed (saves one pass)."""
     if base_accuracy is not None and len(base_accuracy) != len(cases):
         raise ValueError("base_accuracy must be accuracy(model, tokenizer, cases) for these same cases")
-    cols = {}
+    cols, digits = {}, []
     for op, head in top.items():
         keep = [i for i, c in enumerate(cases) if c.op == op and c.form == "number"]
         sel = [cases[i] for i in keep]
@@ -120,6 +121,8 @@ def table_3(model, tokenizer, cases: list[Case], top: dict[str, str], batch_size
                            else accuracy(model, tokenizer, sel, batch_size))
         with ablate_heads(model, [head]):
             abl = token_table(accuracy(model, tokenizer, sel, batch_size))
+        digits.append(pd.DataFrame(dict(op=op, head=head, kind=base.kind.values, base=base.correct.values,
+                                        ablated=abl.correct.values)))
         vals = []
         for kind in ("memorize", "change-one"):
             m = base.kind == kind
@@ -127,7 +130,10 @@ def table_3(model, tokenizer, cases: list[Case], top: dict[str, str], batch_size
                         else float("nan"))
         n = {kind: int((base.kind == kind).sum()) for kind in ("memorize", "change-one")}
         cols[f"{OP_NAMES[op]} ({head})"] = vals + [n["memorize"], n["change-one"]]
-    return pd.DataFrame(cols, index=["memorize", "change-one", "n memorize digits", "n change-one digits"])
+    out = pd.DataFrame(cols, index=["memorize", "change-one", "n memorize digits", "n change-one digits"])
+    # per digit: base / ablated correct (plain lists: pandas compares attrs when it concatenates frames)
+    out.attrs["digits"] = pd.concat(digits, ignore_index=True).to_dict(orient="list") if digits else None
+    return out
 
 
 def tables_24_27(summary_by_group: pd.DataFrame, k: int = 5) -> pd.DataFrame:

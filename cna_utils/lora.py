@@ -44,7 +44,7 @@ from .cache import artefact_key
 from .results import save_results
 
 __all__ = ["attention_linears", "lora_config", "lora_applied", "lora_splits", "train_lora", "train_cached", "run_key",
-           "lora_per_layer", "trainable_parameters"]
+           "lora_per_layer", "trainable_parameters", "test_correct"]
 
 
 def attention_linears(model, layer: int) -> list[str]:
@@ -141,6 +141,15 @@ def _accuracy(model, tokenizer, cases) -> dict:
     acc = accuracy(model, tokenizer, cases)
     return dict(answer=float(acc.answer_correct.mean()), first=float(acc.first_correct.mean()),
                 by_op=acc.groupby("op").answer_correct.mean().astype(float).to_dict())
+
+
+def test_correct(model, tokenizer, adapter, cases):
+    """Per case: is the whole answer right with ``adapter`` applied (``adapter`` None: the model as it is)?
+    A numpy bool array, for intervals over the test sentences."""
+    if adapter is None:
+        return accuracy(model, tokenizer, cases).answer_correct.to_numpy(dtype=bool)
+    with torch.no_grad(), lora_applied(model, adapter):
+        return accuracy(model, tokenizer, cases).answer_correct.to_numpy(dtype=bool)
 
 
 def train_lora(model, tokenizer, layer: int, train, val=None, test=None, lr: float = 1e-3, epochs: int = 1,

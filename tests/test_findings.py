@@ -15,21 +15,26 @@ def test_readme_and_intro_tables_match_the_committed_results():
 
 
 def test_the_table_follows_the_results(tmp_path):
+    from cna_utils.measures import as_dicts
+    from cna_utils.stats import Measure, proportion
     run = dict(model="m", profile="book", code_commit="abc1234", date="2026-11-22T00:00:00+00:00", seconds=90.0,
                torch_threads=2, weights=None)
-    verdicts = [dict(item="table_5", claim="mask removes the answer (100%)", paper="", this_run="68.8%",
-                     verdict="partly"),
-                dict(item="table_5", claim="coef", paper="", this_run="71.8%", verdict="replicates")]
+    ms = as_dicts(dict(mask_top99=proportion([True] * 33 + [False] * 15), keep_top99=proportion([True] * 30 + [False] * 18),
+                       coef_top99=Measure(71.8, 48, (65.0, 78.0)), answer_neurons_top3=Measure.exact(3, 3),
+                       score_effect_spearman=Measure(0.5, 10, (0.3, 0.6))))
     build = tmp_path / "build"
     (build / "second").mkdir(parents=True)
-    (build / "02_cna.json").write_text(json.dumps(dict(model="m", profile="book", run=run, verdicts=verdicts)))
+    (build / "02_cna.json").write_text(json.dumps(dict(model="m", profile="book", run=run, measures=ms)))
     (build / "second" / "02_cna.json").write_text(json.dumps(dict(model="s", profile="book", run=dict(run, model="s"),
-                                                                  verdicts=verdicts)))
+                                                                  measures=ms)))
     dest = findings.save_run(build, tmp_path / "results")
     assert dest == tmp_path / "results" / "m" / "book" and (dest / "second" / "02_cna.json").exists()
     table = findings.findings_markdown(dest)
-    assert "| Table 5 | mask removes the answer (100%) | 68.8% | partly |" in table
-    assert "| Table 19 | GPT-J: top-99" in table and "s: 68.8%" in table
+    mask = "zeroing each case's top-99 CNA neurons removes the answer (mask: share of correct cases lost)"
+    assert f"| Table 5 | {mask} | 100.0% | 68.8% [54.7%, 80.1%] (n=48) | partly |" in table
+    assert f"| Table 19 | {mask} | 58.4% | 68.8% [54.7%, 80.1%] (n=48) | replicates |" in table    # GPT-J's number
+    assert "| Table 5 | keeping only" in table and "| Table 4 |" in table       # every claim, not the first per item
+    assert "| beyond the paper |" in table and "claims (" in table and "inconclusive: 1" in table
     assert "ch2 1.5, C.2 1.5; 3 min in all" in table and "second model s" in table
     page = tmp_path / "README.md"
     page.write_text(f"intro\n{findings.BEGIN}\nold\n{findings.END}\nrest\n")

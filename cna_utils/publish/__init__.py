@@ -6,8 +6,7 @@ In a chapter::
 
     from cna_utils import publish as pub
     ch = pub.open_chapter("ch2", PROFILE, MODEL, DEVICE, RESULTS_DIR, SEED)
-    verdicts = [pub.claim("table_5", "...", ours, paper, ok)]
-    display(Markdown(pub.verdict_markdown(verdicts)))
+    verdicts = pub.show_verdicts(measures, "02_cna")     # claims.yaml's rules on this run's measures
 
 Modules: ``book`` (``python -m cna_utils.publish.book``: execute the chapters, build the HTML),
 ``chapter`` (``open_chapter``: seed, profile, model, results file), ``plots`` (the chapters'
@@ -15,7 +14,8 @@ figures), ``scoreboard`` (claims and verdicts, the scoreboard page), ``findings`
 intro table), ``perf_page`` and ``models_page`` (pages from ``bench/results``), ``student`` (the
 version without solutions), ``browser_check`` (headless-browser checks of the built pages).
 """
+from . import prose
 from .chapter import Chapter, open_chapter
-from .scoreboard import claim, verdict_markdown
+from .scoreboard import show_verdicts, verdict_markdown
 
-__all__ = ["Chapter", "open_chapter", "claim", "verdict_markdown"]
+__all__ = ["Chapter", "open_chapter", "prose", "show_verdicts", "verdict_markdown"]

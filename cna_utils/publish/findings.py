@@ -14,7 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .scoreboard import item_rows, load_all, totals
+from .scoreboard import claim_totals, item_rows, load_all, totals
 
 __all__ = ["RESULTS", "findings_markdown", "save_run", "update", "main"]
 
@@ -51,18 +51,24 @@ def _short(name: str) -> str:
 
 
 def findings_markdown(results_dir=RESULTS) -> str:
-    """One row per paper item this run checked: the paper's claim (its first one), this run's number,
-    the verdict over all of the item's claims; then the totals and where the rest is."""
+    """One row per claim this run checked: the item, the claim, the paper's value, this run's value with
+    its 95% interval and n, the verdict; then the totals over items and over claims."""
     loaded = load_all(results_dir)
     if not loaded:
         raise FileNotFoundError(f"no results under {results_dir}: run `make book`, then "
                                 f"`python -m cna_utils.publish.findings --save book/results`")
     rows = item_rows(loaded)
-    out = [_run_line(loaded), "", "| paper item | the paper's claim | this run | verdict |", "|---|---|---|---|"]
-    out += [f"| {r['label']} | {r['claims'][0]} | {r['this_run'][0]} | {r['verdict']} |"
-            for r in rows if r["verdict"] != "not run"]
-    out += ["", f"Totals over the paper's {len(rows)} tables and figures: {totals(rows)}. Every claim, with all of "
-            "its numbers, is on the replication scoreboard page of the book."]
+    out = [_run_line(loaded), "", "| paper item | claim | paper | this run: value [95% interval] (n) | verdict |",
+           "|---|---|---|---|---|"]
+    for r in rows:
+        if not r["records"]:
+            out.append(f"| {r['label']} | {r['what']} | - | {r['note']} | {r['verdict']} |")
+        for c in r["records"]:
+            out.append(f"| {r['label']} | {c['claim']} | {c['paper_text']} | {c['this_run']} | {c['verdict']} |")
+    n_claims = sum(len(r["records"]) for r in rows)
+    out += ["", f"Totals over the paper's {len(rows) - 1} tables and figures and the book's own checks: items: "
+            f"{totals(rows)}; claims ({n_claims}): {claim_totals(rows)}. The rule behind every verdict is on the "
+            "replication scoreboard page of the book."]
     return "\n".join(out)
 
 

@@ -1,0 +1,66 @@
+"""Sentences of the chapters that state a finding, written from the run's numbers (never fixed text).
+
+Each function takes the numbers a chapter measured and returns the sentence its page shows (via
+``glue``); the tests render each on opposite inputs and check that the sentence changes with them.
+A comparison of two measures says "above" or "below" only when their 95% intervals do not overlap.
+"""
+from __future__ import annotations
+
+from ..stats import Measure, proportion
+
+__all__ = ["compare", "accuracy_by_op", "depth_order", "dag_average", "trend_words"]
+
+
+def compare(a: Measure, b: Measure, words=("below", "about level with", "above")) -> str:
+    """``words[0]`` when a's interval lies wholly below b's, ``words[2]`` when wholly above, else ``words[1]``."""
+    if a.interval[1] < b.interval[0]:
+        return words[0]
+    if a.interval[0] > b.interval[1]:
+        return words[2]
+    return words[1]
+
+
+def accuracy_by_op(correct: dict, paper: dict | None = None) -> str:
+    """Chapter 2's opening: how often the model answers each operation's 1-digit cases, compared
+    with each other (and with the paper's Llama-7B accuracy on the same template, ``paper`` {op: %}).
+    ``correct``: {op: (cases right, cases)}."""
+    ms = {op: proportion(k, n) for op, (k, n) in correct.items()}
+    parts = [f"{op} {m.value:.1f}% [{m.interval[0]:.1f}, {m.interval[1]:.1f}] of {m.n}" for op, m in ms.items()]
+    s = "The model answers the 1-digit cases of " + "; ".join(parts)
+    if paper:
+        s += " (Llama-7B on the same template: " + ", ".join(f"{op} {paper[op]:g}%" for op in ms if op in paper) + ")"
+    ops = list(ms)
+    if len(ops) == 2:
+        word = compare(ms[ops[1]], ms[ops[0]], ("worse than", "about as well as (the intervals overlap)", "better than"))
+        s += f": it answers {ops[1]} {word} {ops[0]}"
+    return s + "."
+
+
+def trend_words(first: float, last: float, tol: float = 0.0) -> str:
+    return "larger" if first > last + tol else "smaller" if first < last - tol else "about the same"
+
+
+def depth_order(shallow: float, deep: float, shallow_name: str, deep_name: str) -> str:
+    """Chapter 5: what the structural point (a deep LoRA layer moves fewer neurons) says about this
+    run's Table 10, whose top-10 increases are ``shallow`` and ``deep`` (%)."""
+    if shallow > deep:
+        return (f"Here the shallow group's top-10 increase ({shallow:+.1f}%, layers {shallow_name}) is larger than the "
+                f"deep group's ({deep:+.1f}%, layers {deep_name}), the paper's order, and this structural limit is part "
+                "of the reason.")
+    return (f"Here the deep group's top-10 change ({deep:+.1f}%, layers {deep_name}) is not smaller than the shallow "
+            f"group's ({shallow:+.1f}%, layers {shallow_name}), so the structural limit does not show in Table 10 on "
+            "this model.")
+
+
+def dag_average(mean99: Measure, paper99: float) -> str:
+    """Chapter 3: what one case's strong edge says about the average over cases (Table 6's top-99)."""
+    lo, hi = mean99.interval
+    if lo > paper99:
+        return (f"Over all cases the average is {mean99.value:.1f}% [{lo:.1f}, {hi:.1f}], above the paper's "
+                f"{paper99:g}%: the lowest neuron feeds the other top neurons more on this model than on Llama-7B.")
+    if hi < paper99:
+        return (f"Over all cases the average is {mean99.value:.1f}% [{lo:.1f}, {hi:.1f}], below the paper's "
+                f"{paper99:g}%: a strong edge in one case does not make a large average, most top neurons of a case "
+                "are not fed by its root.")
+    return (f"Over all cases the average is {mean99.value:.1f}% [{lo:.1f}, {hi:.1f}], which includes the paper's "
+            f"{paper99:g}%.")
