@@ -13,7 +13,7 @@ import torch
 from .evaluate import accuracy, relative_decrease
 from .neurons import mask_neurons
 
-__all__ = ["accuracy_decrease", "masked_correct", "zero_shot_table"]
+__all__ = ["accuracy_decrease", "masked_correct", "matched_threshold", "zero_shot_table"]
 
 
 def masked_correct(model, tokenizer, cases, neurons):
@@ -36,6 +36,17 @@ def accuracy_decrease(model, tokenizer, cases, neurons, base: float | None = Non
         raise ValueError("the model answers none of these cases: a relative decrease is undefined")
     with mask_neurons(model, list(neurons)):
         return float(relative_decrease(base, accuracy(model, tokenizer, cases).first_correct.mean()))
+
+
+def matched_threshold(hid: pd.DataFrame, share: float) -> int:
+    """The smallest threshold M whose selected neurons (``concepts > M``, as ``zero_shot_table``) are at
+    most ``share`` % of the searched shallow neurons: the paper's M = 2 selects 1.1% of Llama-7B's, and
+    a smaller model selects far more at the same M."""
+    counts = hid.concepts.to_numpy()
+    M = 0
+    while 100 * (counts > M).mean() > share:
+        M += 1
+    return M
 
 
 def zero_shot_table(model, tokenizer, cases, hid: pd.DataFrame, random_draws: int = 5, seed: int = 0,

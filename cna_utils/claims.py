@@ -217,7 +217,10 @@ def _n_needed(m: Measure, straddled: list[float]) -> int | None:
 def _fmt(x: float, unit: str) -> str:
     if x != x:
         return "nan"
-    s = f"{x:.0f}" if float(x).is_integer() and abs(x) >= 1 and unit != "%" else f"{x:.2f}" if abs(x) < 1 else f"{x:.1f}"
+    if float(x).is_integer() and unit not in ("%", "x"):
+        s = f"{x:.0f}"
+    else:
+        s = f"{x:.2f}" if abs(x) < 1 and x != 0 else f"{x:.1f}"
     return s + unit
 
 

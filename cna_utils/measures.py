@@ -26,6 +26,7 @@ OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
 # Tables 24-27: the top-k within which the paper's own tables show one head shared by 1, 2 and 3 digits
 AGREE_K = {"+": 1, "-": 2, "*": 5, "/": 1}
 MIN_DECREASE = 5.0     # a "top head" must cost at least this relative decrease (%) to count as one
+RATIO_CAP = 100.0      # Table 3's memorize / change-one ratio when change-one digits lose nothing
 
 
 def as_dicts(ms: dict) -> dict:
@@ -76,7 +77,9 @@ def heads(screen: pd.DataFrame, sweep: pd.DataFrame, sweep_digits: pd.DataFrame,
     by_op = {op: np.flatnonzero(strata == op) for op in OPS}
     for op, word in OPS.items():
         rows = by_op[op]
-        if len(rows):
+        if not len(rows):
+            out[f"op_head_decrease_{word}"] = Measure.exact(0.0, 0, "%", note="no case of this operation")
+        else:
             b, a = base[rows], abl[rows]
             out[f"op_head_decrease_{word}"] = bootstrap(
                 len(rows), lambda idx, b=b, a=a: _rel(_means(idx, b), _means(idx, a)).max(-1), unit="%",
@@ -107,6 +110,7 @@ def heads(screen: pd.DataFrame, sweep: pd.DataFrame, sweep_digits: pd.DataFrame,
             b, a = d.base.to_numpy(dtype=float), d.ablated.to_numpy(dtype=float)
             mem, chg = kinds == "memorize", kinds == "change-one"
             if not mem.any() or not chg.any():
+                out[f"memorize_ratio_{word}"] = Measure.exact(0.0, 0, "x", note="no digit of one kind among the cases")
                 continue
 
             def ratio(idx, b=b, a=a, mem=mem, chg=chg):
@@ -115,7 +119,7 @@ def heads(screen: pd.DataFrame, sweep: pd.DataFrame, sweep_digits: pd.DataFrame,
                     mb = b[s].mean() if len(s) else 0.0
                     return 100 * (mb - a[s].mean()) / mb if mb > 0 else 0.0
                 dm, dc = dec(mem), dec(chg)
-                return dm / dc if dc > 0 else (0.0 if dm <= 0 else np.inf)
+                return min(RATIO_CAP, dm / dc) if dc > 0 else (0.0 if dm <= 0 else RATIO_CAP)
 
             m = bootstrap(len(b), ratio, strata=kinds, resamples=1000, unit="x")
             out[f"memorize_ratio_{word}"] = Measure(m.value, int(min(mem.sum(), chg.sum())), m.interval, m.method,
@@ -126,6 +130,7 @@ def heads(screen: pd.DataFrame, sweep: pd.DataFrame, sweep_digits: pd.DataFrame,
     for op, word in OPS.items():
         gs = [g for g in (f"{d}D{op}" for d in (1, 2, 3)) if (groups == g).any()]
         if len(gs) < 3:
+            out[f"digits_agree_{word}"] = Measure.exact(0.0, 0, note="fewer than three digit counts swept")
             continue
         rows = [np.flatnonzero(groups == g) for g in gs]
         k = AGREE_K[op]
@@ -219,7 +224,9 @@ def lora(base_correct, model_correct: dict, groups: dict, coefs: torch.Tensor, l
     names = list(groups)
     first = [i for i, l in enumerate(layers) if l in groups[names[0]]]
     last = [i for i, l in enumerate(layers) if l in groups[names[-1]]]
-    if first and last:
+    if not (first and last):
+        out["lora_depth_gap"] = Measure.exact(0.0, 0, " points", note="no LoRA model in the first or last group")
+    else:
         out["lora_depth_gap"] = bootstrap(len(b), lambda idx: 100 * (acc[first][:, idx].mean(-1).mean(0)
                                                                      - acc[last][:, idx].mean(-1).mean(0)),
                                           unit=" points", vectorized=True)
@@ -230,9 +237,10 @@ def lora(base_correct, model_correct: dict, groups: dict, coefs: torch.Tensor, l
                     for j in range(1, coefs.shape[0])])                                  # [models, cases]
     rows = {g: [j for j, l in enumerate(layer_order) if l in ls] for g, ls in groups.items()}
     sh, dp = rows[names[0]], rows[names[-1]]
-    if sh:
-        out["t10_shallow_top10"] = mean(np.nanmean(inc[sh], 0))
-    if sh and dp:
+    out["t10_shallow_top10"] = mean(np.nanmean(inc[sh], 0)) if sh else Measure.exact(0.0, 0, "%")
+    if not (sh and dp):
+        out["t10_shallow_minus_deep"] = Measure.exact(0.0, 0, " points", note="no LoRA model in the first or last group")
+    else:
         out["t10_shallow_minus_deep"] = mean(np.nanmean(inc[sh], 0) - np.nanmean(inc[dp], 0), unit=" points")
     return out
 

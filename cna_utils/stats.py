@@ -116,8 +116,10 @@ def bootstrap(n: int, stat, strata=None, resamples: int = RESAMPLES, seed: int =
 
 
 def mean(values, strata=None, unit: str = "%", **kw) -> Measure:
-    """The mean of per-case ``values`` with a bootstrap interval over cases."""
+    """The mean of per-case ``values`` with a bootstrap interval over cases (NaN values, e.g. a case
+    whose coefficient scores are all zero, are left out and do not count in n)."""
     x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
     return bootstrap(len(x), lambda idx: x[idx].mean(axis=-1), strata=strata, unit=unit, vectorized=True, **kw)
 
 

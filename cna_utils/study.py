@@ -40,14 +40,27 @@ def one_digit_cases(model, tokenizer, ops: str = "+-", template: int = 4):
 
 
 def chapter1_head(results_dir, op: str = "+") -> tuple[str | None, str]:
-    """Chapter 1's top head for ``op`` (Table 2), read from its results file, with a sentence that
-    says where it came from; ``(None, reason)`` when chapter 1 has not been run."""
+    """The head chapters 2-4 study for ``op``, chosen from chapter 1's results by a stated rule: the
+    top head of ``op`` on the 2-digit sweep among the heads above layer 0 (the paper's chain runs from
+    shallow FFN neurons through shallow attention layers into the head, so the head needs layers
+    below it); chapter 1's overall top head when no ranked head lies above layer 0. Returns the head
+    and a sentence that says where it came from (and names the layer-0 head it passed over);
+    ``(None, reason)`` when chapter 1 has not been run."""
     path = Path(results_dir) / "01_arithmetic_heads.json"
     if not path.exists():
         return None, f"no chapter-1 results at {path}"
     r = json.loads(path.read_text())
-    head = r["table_2"]["top_heads"][op]
-    return head, f"chapter 1 ({r['profile']} profile) found {head} to be the top head for 2-digit {op}"
+    top = r["table_2"]["top_heads"][op]
+    ranked = r["table_2"].get("ranked", {}).get(op, [top])
+    above = [h for h in ranked if int(h.split("_")[0]) > 0]
+    head = above[0] if above else top
+    note = f"chapter 1 ({r['profile']} profile) ranks {top} first for 2-digit {op}"
+    if head != top:
+        note += (f"; it sits in layer 0, with no attention layer below it for the paper's chain, so the rule "
+                 f"(the top head above layer 0) picks {head}, ranked {ranked.index(head) + 1}")
+    elif not above:
+        note += "; no ranked head lies above layer 0, so the study uses it anyway"
+    return head, note
 
 
 def top_head_by_sweep(model, tokenizer, cases, batch_size: int = 64) -> str:

@@ -123,3 +123,16 @@ def test_stratified_bootstrap_keeps_group_sizes():
     counts = []
     m = stats.bootstrap(len(strata), lambda idx: counts.append(int((idx < 5).sum())) or 0.0, strata=strata, resamples=50)
     assert m.n == 55 and set(counts) == {5}
+
+
+def test_the_study_head_rule_passes_over_a_layer_0_head(tmp_path):
+    import json
+
+    from cna_utils.study import chapter1_head
+    r = dict(profile="book", table_2=dict(top_heads={"+": "0_8"}, ranked={"+": ["0_8", "0_3", "12_4", "3_1"]}))
+    (tmp_path / "01_arithmetic_heads.json").write_text(json.dumps(r))
+    head, note = chapter1_head(tmp_path, "+")
+    assert head == "12_4" and "0_8" in note and "ranked 3" in note
+    r["table_2"]["ranked"]["+"] = ["0_8", "0_1"]
+    (tmp_path / "01_arithmetic_heads.json").write_text(json.dumps(r))
+    assert chapter1_head(tmp_path, "+")[0] == "0_8"

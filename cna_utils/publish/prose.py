@@ -43,6 +43,9 @@ def trend_words(first: float, last: float, tol: float = 0.0) -> str:
 def depth_order(shallow: float, deep: float, shallow_name: str, deep_name: str) -> str:
     """Chapter 5: what the structural point (a deep LoRA layer moves fewer neurons) says about this
     run's Table 10, whose top-10 increases are ``shallow`` and ``deep`` (%)."""
+    if shallow != shallow or deep != deep:
+        return (f"This run trains no LoRA model in layers {shallow_name if shallow != shallow else deep_name}, so "
+                "Table 10 cannot show the order of the two groups.")
     if shallow > deep:
         return (f"Here the shallow group's top-10 increase ({shallow:+.1f}%, layers {shallow_name}) is larger than the "
                 f"deep group's ({deep:+.1f}%, layers {deep_name}), the paper's order, and this structural limit is part "
