@@ -269,7 +269,7 @@ def bias(before: pd.DataFrame, edits: dict, prompts, held_out, k: int, top_token
         f = frame[frame.template.isin(ps)]
         return f.groupby(["group", "profession"], sort=True).bias.mean()
 
-    edits = {name: pd.DataFrame(f) for name, f in edits.items()}
+    before, edits = pd.DataFrame(before), {name: pd.DataFrame(f) for name, f in edits.items()}
     b8 = per_prof(before, prompts)
     out = {"mean_bias": mean(b8.to_numpy(), unit=" nats")}
     top = edits[f"top-{k}"]

@@ -97,7 +97,7 @@ def test_lora_pruning_bias_measures():
     edits = {"original": before.to_dict(orient="list"),
              "top-18": before.assign(bias=0.5).to_dict(orient="list"),
              "random-18 #1": before.to_dict(orient="list")}
-    b = measures.bias(before, edits, ["p1", "p2"], ["h1"], 18, ["nurse, a, b", "x, y"], ["nurse", "maid"], 4)
+    b = measures.bias(edits["original"], edits, ["p1", "p2"], ["h1"], 18, ["nurse, a, b", "x, y"], ["nurse", "maid"], 4)
     assert b["mean_bias"].value == 1 and b["bias_cut"].value == 50 and b["bias_cut_held_out"].value == 50
     assert b["bias_cut_vs_random"].value == 50 and b["profession_neurons"].value == 50
     assert b["shared_professions"].value == 4
