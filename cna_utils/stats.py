@@ -52,8 +52,9 @@ class Measure:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Measure":
-        return cls(d["value"], d["n"], tuple(d["interval"]), d.get("method", "bootstrap"), d.get("unit", ""),
-                   d.get("note", ""))
+        f = lambda x: float("nan") if x is None else x               # a results file writes NaN as null
+        return cls(f(d["value"]), d["n"], tuple(f(x) for x in d["interval"]), d.get("method", "bootstrap"),
+                   d.get("unit", ""), d.get("note", ""))
 
     @classmethod
     def exact(cls, value: float, n: int = 1, unit: str = "", note: str = "") -> "Measure":

@@ -136,3 +136,13 @@ def test_the_study_head_rule_passes_over_a_layer_0_head(tmp_path):
     r["table_2"]["ranked"]["+"] = ["0_8", "0_1"]
     (tmp_path / "01_arithmetic_heads.json").write_text(json.dumps(r))
     assert chapter1_head(tmp_path, "+")[0] == "0_8"
+
+
+def test_a_measure_read_back_from_json_keeps_its_nan():
+    import json
+
+    c = next(c for c in ALL if c["rule_id"] == "table_3.memorize_mul")
+    m = Measure(3.5, 16, (0.0, float("nan")))
+    back = json.loads(json.dumps({"m": m.to_dict()}).replace("NaN", "null"))["m"]
+    rec = claims.judge(c, back)
+    assert rec["verdict"] == "inconclusive" and rec["n"] == 16

@@ -14,6 +14,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from .. import claims as cl
+from ..results import save_results
 from .scoreboard import claim_totals, item_rows, load_all, totals
 
 __all__ = ["RESULTS", "findings_markdown", "save_run", "update", "main"]
@@ -73,16 +75,20 @@ def findings_markdown(results_dir=RESULTS) -> str:
 
 
 def save_run(build_results, dest_root=ROOT / "results") -> Path:
-    """Copy a build's results files (not its caches) to ``results/<model>/<profile>/``."""
+    """Copy a build's results files (not its caches) to ``results/<model>/<profile>/``, each file's
+    verdicts judged again by the current rules on its recorded measures."""
     build_results = Path(build_results)
     loaded = load_all(build_results)
     main = [r for k, r in loaded.items() if not k.startswith("second/")]
     if not main:
         raise FileNotFoundError(f"no results files under {build_results}")
     dest = Path(dest_root) / main[0]["run"]["model"] / main[0]["run"]["profile"]
-    for name in loaded:
+    for name, res in loaded.items():
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(build_results / f"{name}.json", dest / f"{name}.json")
+        if "measures" in res:                       # the verdicts of the rules as they are now, on the same measures
+            save_results(name, dict(res, verdicts=cl.verdicts(res, name)), dest)
+        else:
+            shutil.copy(build_results / f"{name}.json", dest / f"{name}.json")
     return dest
 
 
