@@ -146,3 +146,14 @@ def test_a_measure_read_back_from_json_keeps_its_nan():
     back = json.loads(json.dumps({"m": m.to_dict()}).replace("NaN", "null"))["m"]
     rec = claims.judge(c, back)
     assert rec["verdict"] == "inconclusive" and rec["n"] == 16
+
+
+def test_matched_threshold_takes_the_paper_share():
+    import pandas as pd
+
+    from cna_utils.ablation import matched_threshold
+    hid = pd.DataFrame({"concepts": [0] * 50 + [3] * 30 + [8] * 15 + [20] * 5})
+    assert matched_threshold(hid, 100) == 0
+    assert matched_threshold(hid, 20) == 3          # > 3: 20% of the neurons
+    assert matched_threshold(hid, 5) == 8           # > 8: 5%
+    assert matched_threshold(hid, 1) == 20          # none left
