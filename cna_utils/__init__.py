@@ -25,6 +25,9 @@ Heads (``heads``)
 Sweep (``sweep``)
     head_sweep(model, tokenizer, cases, heads=None, by, ...) -> DataFrame   batched, resumable
     head_sweep_cases(...) -> DataFrame   the same, one row per (head, case)
+Attribution patching (``attribution``)
+    attribution_patching(model, tokenizer, cases, heads=None, by, method="atp"|"atp*") -> DataFrame
+        head_sweep's table estimated from one forward + backward per batch (plus GradDrop, dla)
 Neurons (``importance``, ``neurons``)
     importance_scores(model, trace_or_traces, target_ids) -> [cases, layers, neurons]   exact, batched
     cna(scores_a, scores_b);  top_neurons(score, k, layers, **columns) -> DataFrame
@@ -72,6 +75,7 @@ from .profiles import PROFILES, get_profile
 from .results import load_results, save_results
 from .depth import spread_layers
 from .sweep import head_sweep, head_sweep_cases
+from .attribution import attribution_patching, attribution_patching_cases
 from .tracing import Trace, attention_pattern, frozen_logits, frozen_norm, trace
 from .vocab import concept_mask, count_concepts, load_lexicon, token_text, vocab_logits, vocab_projection
 

@@ -49,13 +49,15 @@ def accuracy(model, tokenizer, cases, batch_size: int = 64) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summarize(frame: pd.DataFrame, by=("op",), keys=()) -> pd.DataFrame:
+def summarize(frame: pd.DataFrame, by=("op",), keys=(), extra=()) -> pd.DataFrame:
     """Aggregate a per-case frame: mean of each metric per group of ``keys + by``, plus rows where
     every ``by`` column is "all". Columns: keys, by, n, accuracy, answer_accuracy, gold_logprob
-    (and ``base_*`` and ``drop`` = base_accuracy - accuracy when the frame has baseline columns)."""
+    (and ``base_*`` and ``drop`` = base_accuracy - accuracy when the frame has baseline columns),
+    and the mean of each column named in ``extra`` under its own name."""
     by, keys = list((by,) if isinstance(by, str) else by), list(keys)
     cols = {c: n for c, n in _METRICS.items() if c in frame}
     cols.update({"base_" + c: "base_" + n for c, n in _METRICS.items() if "base_" + c in frame})
+    cols.update({c: c for c in extra})
     f = frame[keys + by + list(cols)].copy()
     for c in cols:
         f[c] = f[c].astype(float)

@@ -1,0 +1,177 @@
+"""Attribution patching on tiny random models of every family: the estimate is the exact first-order
+effect of the ablation, GradDrop's terms are the first-order effects with one block's input frozen,
+and the table has head_sweep's shape."""
+from dataclasses import replace
+
+import pytest
+import torch
+
+import cna_utils as cu
+from cna_utils.attribution import attribution_patching_cases
+from cna_utils.families import layers, o_proj, spec
+from cna_utils.forward import answer_logits, encode
+from cna_utils.heads import _mask_hook, head_means
+from cna_utils.hooks import attached, post, pre, pre_kwargs
+
+from conftest import PadTokenizer, make_model, random_cases
+
+TOK = PadTokenizer()
+
+
+def _first_token(cases):
+    return [replace(c, answer_ids=c.answer_ids[:1], kinds=c.kinds[:1]) for c in cases]
+
+
+def _scaled(model, batch, layer, head, s, means=None, extra=()):
+    """(log p(answer), all logits) with head (layer, head) set to s * a + (1 - s) * mean (mean 0 for
+    zero ablation)."""
+    sp = spec(model)
+    mask = torch.ones(1, sp.n_heads, dtype=torch.float64)
+    mask[0, head] = s
+    mu = means[layer] if means is not None else None
+    with torch.no_grad(), attached([pre(o_proj(model, layer), _mask_hook(sp.n_heads, sp.head_dim, mask, mu)), *extra]):
+        z = answer_logits(model, batch)[:, 0].double()
+    rows, gold = torch.arange(len(batch)), batch.targets[:, 0]
+    return torch.log_softmax(z, -1)[rows, gold], z
+
+
+def _rows(long, layer, head, column):
+    sel = long[(long["layer"] == layer) & (long["head"] == head)].sort_values("case")
+    return torch.tensor(sel[column].values, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("ablation", ["zero", "mean"])
+def test_atp_is_the_first_order_effect_of_the_ablation(tiny, ablation):
+    """Scaling the head's slice by s moves it along the line to its target; at s = 1 the slope of
+    log p(answer) and of the margin (central differences) is the AtP estimate."""
+    name, model = tiny
+    model = model.double()
+    cases = _first_token(random_cases(model, n=5, gold="random", seed=1))
+    means = head_means(model, TOK, cases).double() if ablation == "mean" else None
+    long = attribution_patching_cases(model, TOK, cases, ablation=ablation, means=means, progress=False)
+    batch = encode(TOK, cases)
+    rows, gold = torch.arange(len(cases)), batch.targets[:, 0]
+    z = answer_logits(model, batch)[:, 0].double().detach()
+    other = z.clone()
+    other[rows, gold] = float("-inf")
+    runner = other.argmax(-1)                                   # fixed at the unablated model's
+
+    def margin(logits):
+        return logits[rows, gold] - logits[rows, runner]
+    sp, eps = spec(model), 1e-2
+    for layer in range(sp.n_layers):
+        for head in range(sp.n_heads):
+            lp_hi, gz_hi = _scaled(model, batch, layer, head, 1 + eps, means)
+            lp_lo, gz_lo = _scaled(model, batch, layer, head, 1 - eps, means)
+            d_lp = -(lp_hi - lp_lo) / (2 * eps)
+            est = _rows(long, layer, head, "gold_logprob") - _rows(long, layer, head, "base_gold_logprob")
+            assert torch.allclose(est, d_lp, atol=2e-5 + 1e-3 * float(d_lp.abs().max())), (name, layer, head)
+            d_m = -(margin(gz_hi) - margin(gz_lo)) / (2 * eps)
+            est_m = _rows(long, layer, head, "margin") - _rows(long, layer, head, "base_margin")
+            assert torch.allclose(est_m, d_m, atol=2e-5 + 1e-3 * float(d_m.abs().max())), (name, layer, head)
+            assert torch.allclose(_rows(long, layer, head, "base_margin"), margin(z), atol=1e-5)
+            flips = _rows(long, layer, head, "margin") > 0
+            assert flips.tolist() == long[(long["layer"] == layer) & (long["head"] == head)].sort_values(
+                "case")["first_correct"].tolist()
+
+
+def _clean_input(model, k, clean):
+    """Hooks that make block k read the unablated residual ``clean`` while its skip keeps the real one."""
+    saved = {}
+
+    def before(module, args, kwargs):
+        h = args[0] if args else kwargs["hidden_states"]
+        saved["h"] = h
+        return ((clean,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": clean})
+
+    def after(module, args, output):
+        shift = saved.pop("h") - clean
+        return (output[0] + shift,) + tuple(output[1:]) if isinstance(output, tuple) else output + shift
+
+    return [pre_kwargs(layers(model)[k], before), post(layers(model)[k], after)]
+
+
+@pytest.mark.parametrize("name", ["llama-gqa", "gpt2", "neox-parallel"])
+def test_graddrop_terms_are_effects_with_one_block_frozen(name):
+    """AtP with block k's gradient stopped is the first-order effect of the ablation when block k
+    reads the unablated residual (its skip connection the ablated one); graddrop is the mean over
+    all layers of the absolute values of these terms (|AtP| for blocks at or below the head)."""
+    model = make_model(name).double()
+    cases = _first_token(random_cases(model, n=4, gold="random", seed=2))
+    long = attribution_patching_cases(model, TOK, cases, method="atp*", progress=False)
+    batch = encode(TOK, cases)
+    L, eps = spec(model).n_layers, 1e-2
+    inputs = {}
+    from cna_utils.hooks import capture_input
+    with torch.no_grad(), attached(capture_input({k: layers(model)[k] for k in range(L)}, inputs)):
+        answer_logits(model, batch)
+    for head in range(spec(model).n_heads):
+        atp = _rows(long, 0, head, "gold_logprob") - _rows(long, 0, head, "base_gold_logprob")
+        terms = [atp.abs()]                                    # block 0: the head's own layer
+        for k in range(1, L):
+            hi, _ = _scaled(model, batch, 0, head, 1 + eps, extra=_clean_input(model, k, inputs[k]))
+            lo, _ = _scaled(model, batch, 0, head, 1 - eps, extra=_clean_input(model, k, inputs[k]))
+            terms.append((-(hi - lo) / (2 * eps)).abs())
+        expect = torch.stack(terms).mean(0)
+        got = _rows(long, 0, head, "graddrop")
+        assert torch.allclose(got, expect, atol=2e-5 + 1e-3 * float(expect.max())), (name, head)
+    top = long[long["layer"] == L - 1]                            # nothing above the last layer: |AtP|
+    assert torch.allclose(torch.tensor(top["graddrop"].values, dtype=torch.float64),
+                          torch.tensor((top["gold_logprob"] - top["base_gold_logprob"]).abs().values,
+                                       dtype=torch.float64), atol=1e-6)
+
+
+def test_estimate_has_head_sweeps_table_and_exact_baseline():
+    model = make_model("llama-gqa")
+    cases = random_cases(model, n=8, seed=3)
+    est = cu.attribution_patching(model, TOK, cases, by="op", progress=False)
+    exact = cu.head_sweep(model, TOK, cases, by="op", progress=False)
+    keys = ["layer", "head", "op"]
+    assert est[keys].values.tolist() == exact[keys].values.tolist()
+    for col in ("n", "base_accuracy", "base_gold_logprob"):
+        assert torch.allclose(torch.tensor(est[col].values, dtype=torch.float64),
+                              torch.tensor(exact[col].values, dtype=torch.float64), atol=1e-5), col
+    assert {"accuracy", "drop", "gold_logprob", "dla"} <= set(est.columns)
+
+
+def test_estimate_does_not_depend_on_batching():
+    model = make_model("qwen2")
+    cases = random_cases(model, n=9, seed=4, gold="random")
+    a = attribution_patching_cases(model, TOK, cases, method="atp*", batch_size=9, rows_per_forward=64, progress=False)
+    b = attribution_patching_cases(model, TOK, cases, method="atp*", batch_size=2, rows_per_forward=2, progress=False)
+    for col in ("gold_logprob", "margin", "graddrop", "dla"):
+        assert torch.allclose(torch.tensor(a[col].values), torch.tensor(b[col].values), atol=1e-5), col
+
+
+@pytest.mark.parametrize("name", ["llama-mha", "gpt2"])
+def test_direct_logit_attribution_is_the_heads_write_through_the_frozen_norm(name):
+    """A head's dla is the answer's logit of its own o_proj write at the last position, through the
+    final norm with its statistics frozen at the real residual (LayerNorm: the write's own mean removed)."""
+    from cna_utils.families import family, final_norm, weight_out_in
+    from cna_utils.hooks import capture_input
+    from cna_utils.tracing import frozen_logits, norm_stats
+    model = make_model(name)
+    cases = _first_token(random_cases(model, n=3, seed=5))
+    long = attribution_patching_cases(model, TOK, cases, progress=False)
+    batch = encode(TOK, cases)
+    sp = spec(model)
+    store, final = {}, {}
+    with torch.no_grad(), attached(capture_input({l: o_proj(model, l) for l in range(sp.n_layers)}, store)
+                                   + capture_input({"x": final_norm(model)}, final)):
+        answer_logits(model, batch)
+    scale, _ = norm_stats(model, final["x"][:, -1])
+    w = weight_out_in(o_proj(model, 1))                                           # [d, H*dh]
+    rows = torch.arange(len(cases))
+    for head in range(sp.n_heads):
+        sl = slice(head * sp.head_dim, (head + 1) * sp.head_dim)
+        c = store[1][:, -1, sl] @ w[:, sl].T                                        # the head's write, [B, d]
+        mean = c.mean(-1) if family(model).norm == "layer" else None
+        zero = frozen_logits(model, torch.zeros_like(c), scale, None)              # the norm's bias alone
+        want = (frozen_logits(model, c, scale, mean) - zero)[rows, batch.targets[:, 0]]
+        assert torch.allclose(_rows(long, 1, head, "dla").float(), want, atol=1e-5), head
+
+
+def test_bad_method_says_what_to_use():
+    model = make_model("qwen2")
+    with pytest.raises(ValueError, match="atp"):
+        attribution_patching_cases(model, TOK, random_cases(model, n=2), method="exact", progress=False)
