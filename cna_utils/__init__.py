@@ -75,7 +75,7 @@ from .profiles import PROFILES, get_profile
 from .results import load_results, save_results
 from .depth import spread_layers
 from .sweep import head_sweep, head_sweep_cases
-from .attribution import attribution_patching, attribution_patching_cases
+from .attribution import attribution_patching, attribution_patching_cases, merge_exact
 from .tracing import Trace, attention_pattern, frozen_logits, frozen_norm, trace
 from .vocab import concept_mask, count_concepts, load_lexicon, token_text, vocab_logits, vocab_projection
 

@@ -35,17 +35,20 @@ only to choose which heads to run exactly (``head_tables.screened_heads``).
 """
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import torch
 from tqdm import tqdm
 
+from .cache import artefact_path, save_atomic
 from .evaluate import summarize
 from .families import base_model, final_norm, layers, o_proj, spec, unembed, weight_out_in, family
 from .forward import answer_logits, encode, length_batches, model_device
 from .hooks import attached, capture_input, post, pre, pre_kwargs
 from .sweep import _checked
 
-__all__ = ["attribution_patching", "attribution_patching_cases", "METHODS", "ESTIMATES"]
+__all__ = ["attribution_patching", "attribution_patching_cases", "merge_exact", "METHODS", "ESTIMATES"]
 
 METHODS = ("atp", "atp*")
 ESTIMATES = ("dla", "graddrop")          # columns beyond head_sweep's that the summary averages
@@ -62,7 +65,7 @@ def attribution_patching(model, tokenizer, cases, heads=None, by=("op",), **opti
 
 def attribution_patching_cases(model, tokenizer, cases, heads=None, method: str = "atp", ablation: str = "zero",
                                means: torch.Tensor | None = None, batch_size: int = 16, rows_per_forward: int = 128,
-                               progress: bool = True) -> pd.DataFrame:
+                               cache_dir: str | os.PathLike | None = None, progress: bool = True) -> pd.DataFrame:
     """The estimate's long frame: one row per (layer, head, case) with the case's fields,
     ``gold_logprob``, ``margin`` and ``first_correct`` (= margin > 0; estimated with the head
     ablated) and their ``base_`` values (exact, the unablated model), ``dla`` and, for
@@ -70,7 +73,9 @@ def attribution_patching_cases(model, tokenizer, cases, heads=None, method: str 
 
     ``ablation``: "zero" (the paper's) or "mean" (``means`` from ``head_means``, or the means over
     ``cases`` when None). ``batch_size`` cases per forward; with atp* the batch is repeated once per
-    later layer, at most ``rows_per_forward`` rows per forward (the numbers do not depend on either)."""
+    later layer, at most ``rows_per_forward`` rows per forward (the numbers do not depend on either).
+    ``cache_dir``: every finished batch is saved there (keyed on the weights, cases, heads and
+    method), so an interrupted run resumes where it stopped."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: use 'atp' (attribution patching) or 'atp*' (with GradDrop)")
     cases, heads, means = _checked(model, tokenizer, cases, heads, ablation, means, "first")
@@ -83,15 +88,26 @@ def attribution_patching_cases(model, tokenizer, cases, heads=None, method: str 
     out = {k: torch.zeros(n, s.n_layers, s.n_heads) for k in ("lp", "margin", "dla", "graddrop")}
     base = {"gold_logprob": torch.zeros(n), "margin": torch.zeros(n)}
     chunks = length_batches(cases, batch_size)
-    bar = tqdm(total=len(chunks), desc=f"attribution patching ({method}, batches)", disable=not progress,
-               mininterval=10)
-    for idx in chunks:
+    path = artefact_path(cache_dir, "atp", model, method, str(next(model.parameters()).dtype), heads,
+                         [[c.prompt_ids, c.answer_ids] for c in cases], means, batch_size)
+    done: set[int] = set()
+    if path is not None and path.exists():
+        saved = torch.load(path)
+        done, out, base = set(saved["done"]), saved["out"], saved["base"]
+    bar = tqdm(total=len(chunks), initial=len(done), desc=f"attribution patching ({method}, batches)",
+               disable=not progress, mininterval=10)
+    for j, idx in enumerate(chunks):
+        if j in done:
+            continue
         batch = encode(tokenizer, [cases[i] for i in idx], dev)
         est = _estimate_batch(model, batch, lays, target, drops, rows_per_forward)
         for k, v in est["heads"].items():
             out[k][idx] = v
         base["gold_logprob"][idx] = est["base_lp"]
         base["margin"][idx] = est["base_margin"]
+        done.add(j)
+        if path is not None:
+            save_atomic({"done": sorted(done), "out": out, "base": base}, path)
         bar.update(1)
     bar.close()
     return _long_frame(cases, heads, out, base, method)
@@ -264,3 +280,14 @@ def _long_frame(cases, heads, out, base, method) -> pd.DataFrame:
             f["graddrop"] = out["graddrop"][:, l, h].numpy()
         frames.append(f)
     return pd.concat(frames, ignore_index=True)
+
+
+def merge_exact(estimate: pd.DataFrame, exact: pd.DataFrame) -> pd.DataFrame:
+    """Every head of an estimate's long frame, with the rows of the heads in ``exact`` (a
+    ``head_sweep_cases`` frame on the same cases) replaced by the exact ones; column ``exact`` says
+    which. The estimate's own columns (margin, dla, graddrop) are kept for the estimated rows only."""
+    keys = ["layer", "head"]
+    swept = set(map(tuple, exact[keys].drop_duplicates().to_numpy().tolist()))
+    rest = estimate[[tuple(k) not in swept for k in estimate[keys].to_numpy().tolist()]].assign(exact=False)
+    out = pd.concat([rest, exact.assign(exact=True)], ignore_index=True)
+    return out.sort_values(["layer", "head", "case"], ignore_index=True)

@@ -17,7 +17,7 @@ from .evaluate import accuracy, relative_decrease, token_table
 from .heads import ablate_heads, head_name
 from .paper import paper_table
 
-__all__ = ["ranked_heads", "candidate_heads", "head_value", "table_1", "table_2", "table_3", "tables_24_27", "paper_table_frame", "side_by_side",
+__all__ = ["ranked_heads", "candidate_heads", "beyond_heads", "head_value", "table_1", "table_2", "table_3", "tables_24_27", "paper_table_frame", "side_by_side",
            "OP_NAMES"]
 
 OP_NAMES = {"+": "add", "-": "sub", "*": "multi", "/": "divide"}
@@ -35,13 +35,16 @@ def ranked_heads(summary: pd.DataFrame, column: str = "op", value: str = "all", 
 
 
 def candidate_heads(*screens: tuple[pd.DataFrame, str], k: int = 2, limit: int | None = None,
-                    at_least: int = 5) -> list[str]:
-    """The heads a small screening sweep sends on to the full sets: for every ``(summary, column)``
-    given and every value of that column (each op, each digit group, "all"), the ``k`` heads with
-    the biggest drop in mean log p(answer), then the ``k`` with the biggest accuracy drop. Taken
-    round-robin (every group's first choice before any group's second) and cut at ``limit``; when
-    they are fewer than ``at_least`` (Table 1 shows five), the first screen's next heads by the
-    log-prob drop over all its cases fill up."""
+                    at_least: int = 5, beyond: float | None = None, margin: float = 0.0) -> list[str]:
+    """The heads a screen (a small exact sweep, or ``attribution_patching``'s estimate) sends on to
+    the exact sweep of the full sets: for every ``(summary, column)`` given and every value of that
+    column (each op, each digit group, "all"), the ``k`` heads with the biggest drop in mean log
+    p(answer), then the ``k`` with the biggest accuracy drop, taken round-robin (every group's first
+    choice before any group's second); then, with ``beyond`` (points), every head whose accuracy
+    changes by more than ``beyond - margin`` points either way on the first screen's "all" row,
+    biggest change first (Table 1 counts the heads beyond 2 points: ``margin`` is the allowance for
+    the screen's error). Cut at ``limit``; when fewer than ``at_least`` (Table 1 shows five), the
+    first screen's next heads by the log-prob drop over all its cases fill up."""
     lists = []
     for metric in ("gold_logprob", "accuracy"):
         for summary, column in screens:
@@ -52,14 +55,24 @@ def candidate_heads(*screens: tuple[pd.DataFrame, str], k: int = 2, limit: int |
         for names in lists:
             if rank < len(names) and names[rank] not in out:
                 out.append(names[rank])
-    out = out[:limit] if limit else out
     summary, column = screens[0]
+    if beyond is not None:
+        out += [h for h in beyond_heads(summary, beyond - margin, column) if h not in out]
+    out = out[:limit] if limit else out
     for name in ranked_heads(summary, column, "all", metric="gold_logprob"):
         if len(out) >= at_least:
             break
         if name not in out:
             out.append(name)
     return out
+
+
+def beyond_heads(summary: pd.DataFrame, points: float, column: str = "op") -> list[str]:
+    """Heads whose accuracy on the "all" row changes by more than ``points`` either way, biggest first."""
+    rows = summary[summary[column] == "all"]
+    change = (100 * (rows["base_accuracy"] - rows["accuracy"])).abs()
+    rows = rows.assign(change=change)[change > points].sort_values("change", ascending=False)
+    return [head_name(l, h) for l, h in zip(rows["layer"], rows["head"])]
 
 
 def head_value(summary: pd.DataFrame, name: str, field: str = "accuracy", column: str = "op", value: str = "all"):

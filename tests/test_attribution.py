@@ -175,3 +175,33 @@ def test_bad_method_says_what_to_use():
     model = make_model("qwen2")
     with pytest.raises(ValueError, match="atp"):
         attribution_patching_cases(model, TOK, random_cases(model, n=2), method="exact", progress=False)
+
+
+def test_estimate_resumes_from_saved_batches(tmp_path):
+    model = make_model("llama-gqa")
+    cases = random_cases(model, n=6, seed=6, gold="random")
+    full = attribution_patching_cases(model, TOK, cases, batch_size=2, cache_dir=tmp_path, progress=False)
+    (path,) = tmp_path.glob("atp-*.pt")
+    saved = torch.load(path)
+    first = saved["done"][0]
+    saved["done"] = [first]                                  # as if interrupted after one batch
+    for t in list(saved["out"].values()) + list(saved["base"].values()):
+        t.mul_(0)
+    torch.save(saved, path)
+    again = attribution_patching_cases(model, TOK, cases, batch_size=2, cache_dir=tmp_path, progress=False)
+    # the batch on record is read back (zeros now), every other one recomputed
+    changed = (again["gold_logprob"] - full["gold_logprob"]).abs() > 1e-6
+    assert changed.any() and not changed.all()
+    assert sorted(torch.load(path)["done"]) == [0, 1, 2]
+
+
+def test_merge_exact_keeps_every_head_and_takes_the_exact_rows():
+    model = make_model("qwen2")
+    cases = random_cases(model, n=5, seed=7)
+    est = attribution_patching_cases(model, TOK, cases, progress=False)
+    exact = cu.head_sweep_cases(model, TOK, cases, heads=["1_2", "0_0"], progress=False)
+    merged = cu.merge_exact(est, exact)
+    assert len(merged) == len(est) and merged["exact"].sum() == 2 * len(cases)
+    got = merged[merged["exact"]].sort_values(["layer", "head", "case"])["gold_logprob"].to_numpy()
+    want = exact.sort_values(["layer", "head", "case"])["gold_logprob"].to_numpy()
+    assert (got == want).all()

@@ -56,3 +56,17 @@ def test_candidate_heads_take_each_groups_best_then_fill_up():
     assert ht.candidate_heads((sw, "op"), (fake_summary("group", groups), "group"), k=1, limit=1, at_least=0) == ["0_2"]
     # too few for Table 1: filled with the next heads by the log-prob drop over all cases
     assert ht.candidate_heads((sw, "op"), k=1, at_least=4) == ["0_2", "1_0", "0_1", "0_0"]
+
+
+def test_candidate_heads_add_every_head_the_screen_puts_beyond_the_threshold():
+    sw = fake_summary()
+    sw["gold_logprob"] = -1.0 - sw["drop"]
+    up = (sw.layer == 1) & (sw.op == "all")
+    sw.loc[up, "accuracy"] = 0.83                             # head 1_0 raises "all" by 3 points: beyond 2 too
+    assert ht.beyond_heads(sw, 2.0) == ["0_2", "0_1", "1_0"]
+    assert ht.beyond_heads(sw, 15.0) == ["0_2"]
+    assert ht.candidate_heads((sw, "op"), k=1, at_least=0) == ["0_2", "1_0"]
+    assert ht.candidate_heads((sw, "op"), k=1, at_least=0, beyond=12.0) == ["0_2", "1_0"]
+    # the margin widens the net: 10 points is within 12 but beyond 12 - 3
+    assert ht.candidate_heads((sw, "op"), k=1, at_least=0, beyond=12.0, margin=3.0) == ["0_2", "1_0", "0_1"]
+    assert ht.candidate_heads((sw, "op"), k=1, at_least=0, beyond=12.0, margin=3.0, limit=2) == ["0_2", "1_0"]
