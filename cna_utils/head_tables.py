@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import pandas as pd
 
+import time
+from dataclasses import dataclass, field
+
+from .attribution import attribution_patching_cases, merge_exact
 from .data import Case
-from .evaluate import accuracy, relative_decrease, token_table
+from .evaluate import accuracy, relative_decrease, summarize, token_table
 from .heads import ablate_heads, head_name
+from .sweep import head_sweep_cases
 from .paper import paper_table
 
-__all__ = ["ranked_heads", "candidate_heads", "beyond_heads", "head_value", "table_1", "table_2", "table_3", "tables_24_27", "paper_table_frame", "side_by_side",
+__all__ = ["ranked_heads", "candidate_heads", "beyond_heads", "HeadSweeps", "screen_and_confirm", "estimate_vs_exact", "head_value", "table_1", "table_2", "table_3", "tables_24_27", "paper_table_frame", "side_by_side",
            "OP_NAMES"]
 
 OP_NAMES = {"+": "add", "-": "sub", "*": "multi", "/": "divide"}
@@ -73,6 +78,68 @@ def beyond_heads(summary: pd.DataFrame, points: float, column: str = "op") -> li
     change = (100 * (rows["base_accuracy"] - rows["accuracy"])).abs()
     rows = rows.assign(change=change)[change > points].sort_values("change", ascending=False)
     return [head_name(l, h) for l, h in zip(rows["layer"], rows["head"])]
+
+
+@dataclass
+class HeadSweeps:
+    """Chapter 1's sweeps of one run. Per named case set: ``estimate`` (attribution patching of every
+    head, long frame; empty without a screen), ``exact`` (head_sweep of the confirmed heads) and
+    ``merged`` (every head: exact rows where confirmed, estimated elsewhere). ``beyond_cut``: heads the
+    estimate puts beyond the threshold that ``limit`` left unconfirmed (their numbers stay estimates)."""
+    confirmed: list[str]
+    estimate: dict = field(default_factory=dict)
+    exact: dict = field(default_factory=dict)
+    merged: dict = field(default_factory=dict)
+    beyond_cut: list[str] = field(default_factory=list)
+    seconds: dict = field(default_factory=dict)
+
+
+def screen_and_confirm(model, tokenizer, sets: dict, heads, screen: str | None = "atp", k: int = 2,
+                       limit: int | None = None, beyond: float = 2.0, margin: float = 1.0, cache=None,
+                       **sweep) -> HeadSweeps:
+    """Screen every head with an estimate, then sweep the heads it could not rule out exactly.
+
+    ``sets``: {name: (cases, by)}, the first one Table 1's (its "all" row decides ``beyond``).
+    ``screen="atp"`` estimates every head of ``heads`` on every case of every set
+    (``attribution_patching_cases``) and confirms ``candidate_heads`` of the estimates (each group's
+    top ``k`` by log-prob and accuracy drop, then every head estimated beyond ``beyond - margin``
+    points, at most ``limit``); ``screen=None`` runs every head exactly. ``cache``: a folder for
+    both (resumable); ``sweep``: ``head_sweep_cases`` options."""
+    t0 = time.time()
+    out = HeadSweeps(confirmed=[head_name(l, h) for l, h in heads])
+    if screen is not None:
+        if screen not in ("atp", "atp*"):
+            raise ValueError(f"screen must be 'atp', 'atp*' or None (every head exactly), got {screen!r}")
+        for name, (cases, by) in sets.items():
+            out.estimate[name] = attribution_patching_cases(
+                model, tokenizer, cases, heads=heads, method=screen,
+                cache_dir=None if cache is None else cache / f"atp_{name}", progress=False)
+        summaries = [(summarize(out.estimate[n], by=by, keys=("layer", "head")), by) for n, (_, by) in sets.items()]
+        out.confirmed = candidate_heads(*summaries, k=k, limit=limit, beyond=beyond, margin=margin)
+        first, column = summaries[0]
+        out.beyond_cut = [h for h in beyond_heads(first, beyond - margin, column) if h not in out.confirmed]
+    out.seconds["screen"] = time.time() - t0
+    for name, (cases, by) in sets.items():
+        out.exact[name] = head_sweep_cases(model, tokenizer, cases, heads=out.confirmed,
+                                           cache_dir=None if cache is None else cache / f"sweep_{name}", **sweep)
+        out.merged[name] = merge_exact(out.estimate[name], out.exact[name]) if screen else out.exact[name]
+    out.seconds["total"] = time.time() - t0
+    return out
+
+
+def estimate_vs_exact(estimate: pd.DataFrame, exact: pd.DataFrame, column: str = "op") -> pd.DataFrame:
+    """The confirmed heads' estimated and exact drops side by side, one row per (head, ``column``
+    value) of two summaries on the same cases: ``head``, ``column``, ``est_logprob_drop``,
+    ``exact_logprob_drop`` (nats), ``est_drop``, ``exact_drop`` (points)."""
+    keys = ["layer", "head", column]
+    e, x = estimate.set_index(keys), exact.set_index(keys)
+    e = e.loc[e.index.intersection(x.index)]
+    x = x.loc[e.index]
+    out = pd.DataFrame({"est_logprob_drop": e["base_gold_logprob"] - e["gold_logprob"],
+                        "exact_logprob_drop": x["base_gold_logprob"] - x["gold_logprob"],
+                        "est_drop": 100 * e["drop"], "exact_drop": 100 * x["drop"]}).reset_index()
+    out.insert(0, "name", [head_name(l, h) for l, h in zip(out["layer"], out["head"])])
+    return out.drop(columns=["layer", "head"]).rename(columns={"name": "head"})
 
 
 def head_value(summary: pd.DataFrame, name: str, field: str = "accuracy", column: str = "op", value: str = "all"):

@@ -70,3 +70,21 @@ def test_candidate_heads_add_every_head_the_screen_puts_beyond_the_threshold():
     # the margin widens the net: 10 points is within 12 but beyond 12 - 3
     assert ht.candidate_heads((sw, "op"), k=1, at_least=0, beyond=12.0, margin=3.0) == ["0_2", "1_0", "0_1"]
     assert ht.candidate_heads((sw, "op"), k=1, at_least=0, beyond=12.0, margin=3.0, limit=2) == ["0_2", "1_0"]
+
+
+def test_screen_and_confirm_sweeps_exactly_what_the_estimate_sends_on(tmp_path):
+    from conftest import PadTokenizer, make_model, random_cases
+    model, tok = make_model("llama-gqa"), PadTokenizer()
+    cases = random_cases(model, n=8, seed=8)
+    heads = [(l, h) for l in range(3) for h in range(6)]
+    hs = ht.screen_and_confirm(model, tok, {"2d": (cases, "op"), "digits": (cases[:4], "group")}, heads, k=1,
+                               limit=4, cache=tmp_path, progress=False)
+    assert 1 <= len(hs.confirmed) <= 5
+    swept = {f"{l}_{h}" for l, h in hs.exact["2d"][["layer", "head"]].drop_duplicates().to_numpy()}
+    assert swept == set(hs.confirmed)
+    merged = hs.merged["2d"]
+    assert len(merged) == len(heads) * len(cases) and merged["exact"].sum() == len(hs.confirmed) * len(cases)
+    every = ht.screen_and_confirm(model, tok, {"2d": (cases, "op")}, heads, screen=None, progress=False)
+    assert len(every.confirmed) == len(heads) and not every.estimate
+    with pytest.raises(ValueError, match="screen"):
+        ht.screen_and_confirm(model, tok, {"2d": (cases, "op")}, heads, screen="exact")

@@ -31,6 +31,23 @@ def zero_vs_mean(frame: pd.DataFrame, x: str = "zero drop", y: str = "mean drop"
     return fig
 
 
+def estimate_vs_exact(frame: pd.DataFrame, column: str = "op"):
+    """Two scatters of the attribution-patching estimate against the exact ablation, one point per
+    confirmed head and ``column`` value: the log-prob drop (nats) and the accuracy drop (points)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    for ax, (x, y, unit) in zip(axes, [("exact_logprob_drop", "est_logprob_drop", "nats"),
+                                       ("exact_drop", "est_drop", "points")]):
+        sns.scatterplot(data=frame, x=x, y=y, hue=column, ax=ax, s=25)
+        lo, hi = min(frame[x].min(), frame[y].min(), 0), max(frame[x].max(), frame[y].max(), 1e-3)
+        ax.plot([lo, hi], [lo, hi], color="gray", lw=0.8, ls="--")
+        ax.set_xlabel(f"exact ({unit})")
+        ax.set_ylabel(f"estimated ({unit})")
+    axes[0].set_title("drop in log p(answer)")
+    axes[1].set_title("accuracy drop")
+    fig.tight_layout()
+    return fig
+
+
 def neuron_layers(top: pd.DataFrame, n_layers: int, mark=None, title: str | None = None):
     """How many of the cases' top neurons sit in each layer (bars); ``mark`` draws a vertical line
     (e.g. the ablated head's layer)."""
