@@ -17,17 +17,21 @@ operations in turn):
 * the cost: seconds of the exact sweep of every head (measured, or scaled from the sample by heads'
   layers), of AtP, of AtP*, and of AtP + the exact sweep of the screened heads; their ratios.
 
+Results go to bench/results/atp.json under the model's name (other models' entries are kept).
+
     python bench/atp.py --cases 100                                    # SmolLM2, all 270 heads exactly
     python bench/atp.py --cases 100 --model qwen2.5-coder-0.5b --sample-heads 48
 """
 from __future__ import annotations
 
+import json
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import start, two_digit_cases, write
+from _common import start, two_digit_cases
 
 import cna_utils as cu
 from cna_utils import head_tables as ht
@@ -121,7 +125,11 @@ def main():
                                             atp_lp=round(float(est["atp"].loc[(l, h, op), "lp_drop"]), 5),
                                             graddrop=round(float(est["atp*"].loc[(l, h, op), "graddrop"]), 5))
                        for (l, h, op), r in exact.iterrows()}
-    write(res, args.out, quiet=("per_head",))
+    everything = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+    everything[args.model] = res                       # one entry per model: a run on another model keeps this one
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(everything, indent=2))
+    print(json.dumps({k: v for k, v in res.items() if k != "per_head"}, indent=2))
 
 
 if __name__ == "__main__":
