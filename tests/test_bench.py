@@ -64,3 +64,18 @@ def test_performance_page_states_how_many_cases_share_the_top_99(tmp_path):
     entries["new"]["top99_cases_differing"] = 1
     (tmp_path / "importance.json").write_text(json.dumps(entries))
     assert "new: the same in 99 of 100 cases; the other differs only" in performance_markdown(tmp_path, None)
+
+
+def test_performance_page_reports_the_screens_recall_and_cost(tmp_path):
+    screen = {"heads_exact_drop_ge_2_points": 4, "recall_ge_2_points": 0.75, "missed_ge_2_points": ["3_1"],
+              "heads_exact_drop_ge_10_points": 1, "recall_ge_10_points": 1.0, "missed_ge_10_points": [],
+              "largest_exact_drop_not_confirmed_points": 2.5, "largest_exact_drop_not_confirmed_head": "3_1"}
+    entry = {"model": "m", "cases": 100, "heads": 270, "heads_exact": 270, "heads_confirmed": 20,
+             "correlation": {"atp": {"spearman_logprob_drop": 0.9}, "atp*": {"spearman_logprob_drop": 0.8}},
+             "screen": {"all cases": screen, "any operation": screen},
+             "seconds": {"exact_every_head": 300.0, "atp": 10.0, "atp*": 100.0, "confirm": 20.0}}
+    (tmp_path / "atp.json").write_text(json.dumps({"m": entry}))
+    page = performance_markdown(tmp_path, None)
+    row = next(line for line in page.splitlines() if line.startswith("| m |"))
+    assert "75% of 4" in row and "100% of 1" in row and "2.5 (3_1)" in row
+    assert "30x" in row and "10.0x" in row                      # exact / atp, exact / (atp + confirm)

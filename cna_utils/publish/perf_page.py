@@ -49,12 +49,13 @@ def _scaling_figure(sweep: dict, path: Path) -> bool:
 def performance_markdown(bench_dir, fig_name: str | None = None) -> str:
     bench_dir = Path(bench_dir)
     sweep, imp = _load(bench_dir / "head_sweep.json"), _load(bench_dir / "importance.json")
+    atp = _load(bench_dir / "atp.json")
     out = ["# Performance", "",
            "How fast the library's two heavy computations are, against the straightforward ways of doing the "
            "same work, measured in one process on the same inputs with the same numbers out. The numbers "
-           "below come from `make bench` (`bench/head_sweep.py`, `bench/importance.py`) on the machine "
+           "below come from `make bench` (`bench/head_sweep.py`, `bench/importance.py`, `bench/atp.py`) on the machine "
            "named in each table; rerun it to measure yours.", ""]
-    if sweep is None and imp is None:
+    if sweep is None and imp is None and atp is None:
         return "\n".join(out + ["No benchmark results yet: run `make bench`.", ""])
     if sweep is not None:
         out += ["## Sweeping every attention head", "",
@@ -124,7 +125,41 @@ def performance_markdown(bench_dir, fig_name: str | None = None) -> str:
                     f"{100 * r['projection_share_of_series']:.0f}% of the series time for {n}" for n, r in imp.items())
                 + "). Top-99 neurons per case, series against lse: " + "; ".join(
                     _top99_agreement(n, r) for n, r in imp.items()) + ".", ""]
+    if atp:
+        out += _atp_section(atp)
     return "\n".join(out)
+
+
+def _atp_section(atp: dict) -> list[str]:
+    """The attribution-patching screen against the exact sweep (``bench/atp.py``)."""
+    out = ["## Screening every head with attribution patching", "",
+           "`cu.attribution_patching` estimates every head's ablation effect on every case from one forward "
+           "and two backward passes per batch (*atp*); *atp\\** adds GradDrop (one more forward and backward per "
+           "later layer). Chapter 1 confirms exactly the heads the *atp* estimate cannot rule out "
+           "(`head_tables.candidate_heads`: each group's top heads by estimated log-prob and accuracy drop, and every "
+           "head estimated beyond 2 points less a margin). Recall: of the heads whose *exact* accuracy drop over all "
+           "cases is at least 2 (10) points, the share the screen confirms (with a head sample, among the sampled "
+           "heads). Exact every-head seconds are measured, or scaled from the sample by the layers each head's "
+           "forward runs.", "",
+           "| model | cases | heads exact | Spearman atp / atp* (log-prob drop) | confirmed | recall >= 2 | "
+           "recall >= 10 | largest unconfirmed drop | exact (s) | atp (s) | atp* (s) | confirm (s) | "
+           "exact / atp | exact / (atp + confirm) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"
+    for name, r in atp.items():
+        sc, sec, c = r["screen"]["all cases"], r["seconds"], r["correlation"]
+        big = lambda t: f"{pct(sc[f'recall_ge_{t}_points'])} of {sc[f'heads_exact_drop_ge_{t}_points']}"
+        miss, miss_head = sc["largest_exact_drop_not_confirmed_points"], sc["largest_exact_drop_not_confirmed_head"]
+        miss_text = "-" if miss is None else f"{miss:.1f} ({miss_head})"
+        out.append(f"| {r['model']} | {r['cases']} | {r['heads_exact']} of {r['heads']} | "
+                   f"{c['atp']['spearman_logprob_drop']:.2f} / {c['atp*']['spearman_logprob_drop']:.2f} | "
+                   f"{r['heads_confirmed']} | {big(2)} | {big(10)} | "
+                   f"{miss_text} | "
+                   f"{sec['exact_every_head']:.0f} | {sec['atp']:.0f} | {sec['atp*']:.0f} | {sec['confirm']:.0f} | "
+                   f"{sec['exact_every_head'] / sec['atp']:.0f}x | "
+                   f"{sec['exact_every_head'] / (sec['atp'] + sec['confirm']):.1f}x |")
+    out.append("")
+    return out
 
 
 def _top99_agreement(name: str, r: dict) -> str:
