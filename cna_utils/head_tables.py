@@ -45,10 +45,10 @@ def candidate_heads(*screens: tuple[pd.DataFrame, str], k: int = 2, limit: int |
     the exact sweep of the full sets: for every ``(summary, column)`` given and every value of that
     column (each op, each digit group, "all"), the ``k`` heads with the biggest drop in mean log
     p(answer), then the ``k`` with the biggest accuracy drop, taken round-robin (every group's first
-    choice before any group's second); then, with ``beyond`` (points), every head whose accuracy
-    changes by more than ``beyond - margin`` points either way on the first screen's "all" row,
-    biggest change first (Table 1 counts the heads beyond 2 points: ``margin`` is the allowance for
-    the screen's error). Cut at ``limit``; when fewer than ``at_least`` (Table 1 shows five), the
+    choice before any group's second); with ``beyond`` (points), every head whose accuracy changes by
+    more than ``beyond - margin`` points either way on the first screen's "all" row comes right after
+    the first choices, biggest change first (Table 1 counts the heads beyond 2 points: ``margin`` is
+    the allowance for the screen's error). Cut at ``limit``; when fewer than ``at_least`` (Table 1 shows five), the
     first screen's next heads by the log-prob drop over all its cases fill up."""
     lists = []
     for metric in ("gold_logprob", "accuracy"):
@@ -56,13 +56,13 @@ def candidate_heads(*screens: tuple[pd.DataFrame, str], k: int = 2, limit: int |
             for value in summary[column].unique():
                 lists.append(ranked_heads(summary, column, value, k, metric))
     out: list[str] = []
+    summary, column = screens[0]
     for rank in range(k):
         for names in lists:
             if rank < len(names) and names[rank] not in out:
                 out.append(names[rank])
-    summary, column = screens[0]
-    if beyond is not None:
-        out += [h for h in beyond_heads(summary, beyond - margin, column) if h not in out]
+        if rank == 0 and beyond is not None:          # after every group's first choice, before the second
+            out += [h for h in beyond_heads(summary, beyond - margin, column) if h not in out]
     out = out[:limit] if limit else out
     for name in ranked_heads(summary, column, "all", metric="gold_logprob"):
         if len(out) >= at_least:
@@ -83,46 +83,64 @@ def beyond_heads(summary: pd.DataFrame, points: float, column: str = "op") -> li
 @dataclass
 class HeadSweeps:
     """Chapter 1's sweeps of one run. Per named case set: ``estimate`` (attribution patching of every
-    head, long frame; empty without a screen), ``exact`` (head_sweep of the confirmed heads) and
-    ``merged`` (every head: exact rows where confirmed, estimated elsewhere). ``beyond_cut``: heads the
-    estimate puts beyond the threshold that ``limit`` left unconfirmed (their numbers stay estimates)."""
-    confirmed: list[str]
+    head, long frame; empty without a screen), ``confirmed`` (the heads swept exactly), ``exact``
+    (their head_sweep) and ``merged`` (every head: exact rows where confirmed, estimated elsewhere).
+    ``beyond_cut``: heads the estimate puts beyond the threshold on the first set that ``limit`` left
+    unconfirmed (their numbers stay estimates)."""
+    confirmed: dict = field(default_factory=dict)
     estimate: dict = field(default_factory=dict)
     exact: dict = field(default_factory=dict)
     merged: dict = field(default_factory=dict)
     beyond_cut: list[str] = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
 
+    @property
+    def all_confirmed(self) -> list[str]:
+        """Every head swept exactly on some set, in the order first confirmed."""
+        return list(dict.fromkeys(h for hs in self.confirmed.values() for h in hs))
+
 
 def screen_and_confirm(model, tokenizer, sets: dict, heads, screen: str | None = "atp", k: int = 2,
-                       limit: int | None = None, beyond: float = 2.0, margin: float = 1.0, cache=None,
+                       limit: int | dict | None = None, beyond: float = 2.0, margin: float = 1.0, cache=None,
                        **sweep) -> HeadSweeps:
     """Screen every head with an estimate, then sweep the heads it could not rule out exactly.
 
-    ``sets``: {name: (cases, by)}, the first one Table 1's (its "all" row decides ``beyond``).
-    ``screen="atp"`` estimates every head of ``heads`` on every case of every set
-    (``attribution_patching_cases``) and confirms ``candidate_heads`` of the estimates (each group's
-    top ``k`` by log-prob and accuracy drop, then every head estimated beyond ``beyond - margin``
-    points, at most ``limit``); ``screen=None`` runs every head exactly. ``cache``: a folder for
-    both (resumable); ``sweep``: ``head_sweep_cases`` options."""
+    ``sets``: {name: (cases, by)}. The first is Table 1's: its confirmed heads are ``candidate_heads``
+    of its estimate (each ``by`` group's top ``k`` heads by estimated log-prob and accuracy drop, then
+    every head estimated beyond ``beyond - margin`` points on all its cases), at most ``limit`` (an
+    int, or {set name: int}). Every later set confirms the first set's exact top head of each group
+    (Table 2 reads the op's top head on the per-digit set) and its own estimate's candidates.
+    ``screen``: "atp" or "atp*" (``attribution_patching_cases`` of every head of ``heads`` on every
+    case), or None: every head exactly on every set. ``cache``: a folder for both (resumable);
+    ``sweep``: ``head_sweep_cases`` options."""
     t0 = time.time()
-    out = HeadSweeps(confirmed=[head_name(l, h) for l, h in heads])
-    if screen is not None:
-        if screen not in ("atp", "atp*"):
-            raise ValueError(f"screen must be 'atp', 'atp*' or None (every head exactly), got {screen!r}")
-        for name, (cases, by) in sets.items():
-            out.estimate[name] = attribution_patching_cases(
-                model, tokenizer, cases, heads=heads, method=screen,
-                cache_dir=None if cache is None else cache / f"atp_{name}", progress=False)
-        summaries = [(summarize(out.estimate[n], by=by, keys=("layer", "head")), by) for n, (_, by) in sets.items()]
-        out.confirmed = candidate_heads(*summaries, k=k, limit=limit, beyond=beyond, margin=margin)
-        first, column = summaries[0]
-        out.beyond_cut = [h for h in beyond_heads(first, beyond - margin, column) if h not in out.confirmed]
-    out.seconds["screen"] = time.time() - t0
-    for name, (cases, by) in sets.items():
-        out.exact[name] = head_sweep_cases(model, tokenizer, cases, heads=out.confirmed,
-                                           cache_dir=None if cache is None else cache / f"sweep_{name}", **sweep)
+    out = HeadSweeps()
+    names = [head_name(l, h) for l, h in heads]
+    if screen is not None and screen not in ("atp", "atp*"):
+        raise ValueError(f"screen must be 'atp', 'atp*' or None (every head exactly), got {screen!r}")
+    sub = lambda kind, name: None if cache is None else cache / f"{kind}_{name}"
+    carry: list[str] = []
+    for i, (name, (cases, by)) in enumerate(sets.items()):
+        t = time.time()
+        if screen is None:
+            out.confirmed[name] = names
+        else:
+            out.estimate[name] = attribution_patching_cases(model, tokenizer, cases, heads=heads, method=screen,
+                                                            cache_dir=sub("atp", name), progress=False)
+            est = summarize(out.estimate[name], by=by, keys=("layer", "head"))
+            cap = limit.get(name) if isinstance(limit, dict) else limit
+            own = candidate_heads((est, by), k=k, limit=cap, beyond=beyond if i == 0 else None, margin=margin)
+            out.confirmed[name] = carry + [h for h in own if h not in carry]
+            if i == 0:
+                out.beyond_cut = [h for h in beyond_heads(est, beyond - margin, by) if h not in own]
+        out.seconds[f"screen_{name}"] = time.time() - t
+        out.exact[name] = head_sweep_cases(model, tokenizer, cases, heads=out.confirmed[name],
+                                           cache_dir=sub("sweep", name), **sweep)
         out.merged[name] = merge_exact(out.estimate[name], out.exact[name]) if screen else out.exact[name]
+        if i == 0:
+            first = summarize(out.exact[name], by=by, keys=("layer", "head"))
+            carry = list(dict.fromkeys(ranked_heads(first, by, v, 1)[0] for v in first[by].unique()))
+    out.seconds["screen"] = sum(v for k, v in out.seconds.items() if k.startswith("screen_"))
     out.seconds["total"] = time.time() - t0
     return out
 

@@ -79,12 +79,16 @@ def test_screen_and_confirm_sweeps_exactly_what_the_estimate_sends_on(tmp_path):
     heads = [(l, h) for l in range(3) for h in range(6)]
     hs = ht.screen_and_confirm(model, tok, {"2d": (cases, "op"), "digits": (cases[:4], "group")}, heads, k=1,
                                limit=4, cache=tmp_path, progress=False)
-    assert 1 <= len(hs.confirmed) <= 5
-    swept = {f"{l}_{h}" for l, h in hs.exact["2d"][["layer", "head"]].drop_duplicates().to_numpy()}
-    assert swept == set(hs.confirmed)
+    for name in ("2d", "digits"):
+        swept = {f"{l}_{h}" for l, h in hs.exact[name][["layer", "head"]].drop_duplicates().to_numpy()}
+        assert swept == set(hs.confirmed[name])
+    assert 1 <= len(hs.confirmed["2d"]) <= 5
+    first = cu.summarize(hs.exact["2d"], by="op", keys=("layer", "head"))
+    for op in first.op.unique():                      # Table 2's heads reach the per-digit set
+        assert ht.ranked_heads(first, "op", op, 1)[0] in hs.confirmed["digits"]
     merged = hs.merged["2d"]
-    assert len(merged) == len(heads) * len(cases) and merged["exact"].sum() == len(hs.confirmed) * len(cases)
+    assert len(merged) == len(heads) * len(cases) and merged["exact"].sum() == len(hs.confirmed["2d"]) * len(cases)
     every = ht.screen_and_confirm(model, tok, {"2d": (cases, "op")}, heads, screen=None, progress=False)
-    assert len(every.confirmed) == len(heads) and not every.estimate
+    assert len(every.confirmed["2d"]) == len(heads) and not every.estimate
     with pytest.raises(ValueError, match="screen"):
         ht.screen_and_confirm(model, tok, {"2d": (cases, "op")}, heads, screen="exact")

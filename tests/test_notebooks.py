@@ -70,7 +70,7 @@ def test_chapter1_results_are_consistent(smoke_book):
     assert len(r["table_1"]["heads"]) == 5
     assert set(r["table_2"]["top_heads"]) == {"+", "-", "*", "/"}
     assert r["heads_swept"] == 27 and r["heads_per_forward"] >= 9
-    assert 5 <= len(r["heads_confirmed"]) <= 6 and r["screen"]["method"] == "atp"
+    assert 5 <= len(r["heads_confirmed_by_set"]["2d"]) <= 6 and r["screen"]["method"] == "atp"
     assert set(r["table_1"]["heads"]) <= set(r["heads_confirmed"])              # the tables rank confirmed heads
 
 
