@@ -10,7 +10,7 @@ operations in turn):
   and in log p(answer) (nats); Spearman correlations of exact vs estimate over the heads;
 * the screen chapter 1 uses (``head_tables.candidate_heads`` on the AtP estimate: each group's top
   ``--top`` heads by estimated log-prob and accuracy drop, plus every head whose estimated accuracy
-  change over all cases is beyond 2 - ``--margin`` points): how many heads it sends to the exact
+  change over all cases is beyond 2 - ``--margin`` points, at most ``--limit``): how many heads it sends to the exact
   sweep, its recall of the heads whose exact accuracy drop over all cases is >= 2 and >= 10 points
   (Table 1's thresholds; with ``--sample-heads``, among the sampled heads), the same in any single
   operation, and the largest exact drop among the heads it does not send on;
@@ -29,7 +29,6 @@ import random
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from _common import start, two_digit_cases
 
@@ -64,6 +63,8 @@ def main():
                                                                "estimate's top ten (default: every head)"),
                                    "--batch-size": dict(type=int, default=32),
                                    "--top": dict(type=int, default=2, help="screen: heads per group and metric"),
+                                   "--limit": dict(type=int, default=16,
+                                                   help="screen: at most this many heads (the book profile's)"),
                                    "--margin": dict(type=float, default=1.0,
                                                     help="screen: points below Table 1's 2 that still confirm")})
     cases = two_digit_cases(tok, args.cases)
@@ -73,7 +74,8 @@ def main():
         long, sec[method] = timed(lambda: cu.attribution_patching_cases(model, tok, cases, method=method,
                                                                         batch_size=16, progress=False))
         est[method] = per_head(long)
-    screen = ht.candidate_heads((est["atp"].reset_index(), "op"), k=args.top, beyond=2.0, margin=args.margin)
+    screen = ht.candidate_heads((est["atp"].reset_index(), "op"), k=args.top, beyond=2.0, margin=args.margin,
+                                limit=args.limit)
     if args.sample_heads:
         rng = random.Random(0)
         top = ht.ranked_heads(est["atp"].reset_index(), "op", "all", 10, "gold_logprob")
@@ -93,7 +95,8 @@ def main():
                                                           batch_size=args.batch_size, progress=False))
     idx = exact.index
     res = dict(model=cu.models.model_label(model), cases=len(cases), heads=len(every), heads_exact=len(heads),
-               screen_rule=dict(method="atp", top=args.top, beyond_points=2.0, margin_points=args.margin),
+               screen_rule=dict(method="atp", top=args.top, beyond_points=2.0, margin_points=args.margin,
+                                limit=args.limit),
                heads_confirmed=len(screen), correlation={}, screen={}, seconds=sec)
     for method in ("atp", "atp*"):
         e = est[method].loc[idx]

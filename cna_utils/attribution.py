@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from .cache import artefact_path, save_atomic
 from .evaluate import summarize
-from .families import base_model, final_norm, layers, o_proj, spec, unembed, weight_out_in, family
+from .families import family, final_norm, layers, o_proj, spec, unembed, weight_out_in
 from .forward import answer_logits, encode, length_batches, model_device
 from .hooks import attached, capture_input, post, pre, pre_kwargs
 from .sweep import _checked
