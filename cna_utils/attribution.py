@@ -46,7 +46,7 @@ from .evaluate import summarize
 from .families import family, final_norm, layers, o_proj, spec, unembed, weight_out_in
 from .forward import answer_logits, encode, length_batches, model_device
 from .hooks import attached, capture_input, post, pre, pre_kwargs
-from .sweep import _checked
+from .sweep import _checked, per_head_frame
 
 __all__ = ["attribution_patching", "attribution_patching_cases", "merge_exact", "METHODS", "ESTIMATES"]
 
@@ -262,24 +262,16 @@ def _dla(model, l, a_last, gold, scale):
 
 
 def _long_frame(cases, heads, out, base, method) -> pd.DataFrame:
-    info = pd.DataFrame([c.to_row() for c in cases])
-    frames = []
-    for (l, h) in heads:
-        f = info.copy()
-        f.insert(0, "case", range(len(cases)))
-        f.insert(0, "head", h)
-        f.insert(0, "layer", l)
-        f["first_correct"] = ((base["margin"] + out["margin"][:, l, h]) > 0).numpy()
-        f["base_first_correct"] = (base["margin"] > 0).numpy()
-        f["margin"] = (base["margin"] + out["margin"][:, l, h]).numpy()
-        f["base_margin"] = base["margin"].numpy()
-        f["gold_logprob"] = (base["gold_logprob"] + out["lp"][:, l, h]).numpy()
-        f["base_gold_logprob"] = base["gold_logprob"].numpy()
-        f["dla"] = out["dla"][:, l, h].numpy()
+    def columns(l, h):
+        margin = base["margin"] + out["margin"][:, l, h]
+        cols = {"first_correct": (margin > 0).numpy(), "base_first_correct": (base["margin"] > 0).numpy(),
+                "margin": margin.numpy(), "base_margin": base["margin"].numpy(),
+                "gold_logprob": (base["gold_logprob"] + out["lp"][:, l, h]).numpy(),
+                "base_gold_logprob": base["gold_logprob"].numpy(), "dla": out["dla"][:, l, h].numpy()}
         if method == "atp*":
-            f["graddrop"] = out["graddrop"][:, l, h].numpy()
-        frames.append(f)
-    return pd.concat(frames, ignore_index=True)
+            cols["graddrop"] = out["graddrop"][:, l, h].numpy()
+        return cols
+    return per_head_frame(cases, heads, columns)
 
 
 def merge_exact(estimate: pd.DataFrame, exact: pd.DataFrame) -> pd.DataFrame:

@@ -190,7 +190,8 @@ def _save_layers(cache: Path, group, fp, kept, per_head) -> None:
                     cache / f"layer_{l:03d}.pt")
 
 
-def _long_frame(cases, heads, results, base, answer) -> pd.DataFrame:
+def per_head_frame(cases, heads, columns) -> pd.DataFrame:
+    """One row per (layer, head, case): the case's fields and ``columns(layer, head)`` ({name: [cases]})."""
     info = pd.DataFrame([c.to_row() for c in cases])
     frames = []
     for (l, h) in heads:
@@ -198,11 +199,19 @@ def _long_frame(cases, heads, results, base, answer) -> pd.DataFrame:
         f.insert(0, "case", range(len(cases)))
         f.insert(0, "head", h)
         f.insert(0, "layer", l)
-        for key, v in results[(l, h)].items():
-            f[key] = v.numpy()
-            f["base_" + key] = base[key].numpy()
+        for key, v in columns(l, h).items():
+            f[key] = v
         frames.append(f)
-    long = pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _long_frame(cases, heads, results, base, answer) -> pd.DataFrame:
+    def columns(l, h):
+        out = {}
+        for key, v in results[(l, h)].items():
+            out[key], out["base_" + key] = v.numpy(), base[key].numpy()
+        return out
+    long = per_head_frame(cases, heads, columns)
     if answer == "first":                      # identical to first_correct: do not report it twice
         long = long.drop(columns=["answer_correct", "base_answer_correct"])
     return long
