@@ -45,10 +45,10 @@ def candidate_heads(*screens: tuple[pd.DataFrame, str], k: int = 2, limit: int |
     the exact sweep of the full sets: for every ``(summary, column)`` given and every value of that
     column (each op, each digit group, "all"), the ``k`` heads with the biggest drop in mean log
     p(answer), then the ``k`` with the biggest accuracy drop, taken round-robin (every group's first
-    choice before any group's second); with ``beyond`` (points), every head whose accuracy changes by
-    more than ``beyond - margin`` points either way on the first screen's "all" row comes right after
-    the first choices, biggest change first (Table 1 counts the heads beyond 2 points: ``margin`` is
-    the allowance for the screen's error). Cut at ``limit``; when fewer than ``at_least`` (Table 1 shows five), the
+    choice before any group's second); then, with ``beyond`` (points), every head whose accuracy
+    changes by more than ``beyond - margin`` points either way on the first screen's "all" row,
+    biggest change first (Table 1 counts the heads beyond 2 points: ``margin`` is the allowance for
+    the screen's error). Cut at ``limit``; when fewer than ``at_least`` (Table 1 shows five), the
     first screen's next heads by the log-prob drop over all its cases fill up."""
     lists = []
     for metric in ("gold_logprob", "accuracy"):
@@ -61,8 +61,8 @@ def candidate_heads(*screens: tuple[pd.DataFrame, str], k: int = 2, limit: int |
         for names in lists:
             if rank < len(names) and names[rank] not in out:
                 out.append(names[rank])
-        if rank == 0 and beyond is not None:          # after every group's first choice, before the second
-            out += [h for h in beyond_heads(summary, beyond - margin, column) if h not in out]
+    if beyond is not None:
+        out += [h for h in beyond_heads(summary, beyond - margin, column) if h not in out]
     out = out[:limit] if limit else out
     for name in ranked_heads(summary, column, "all", metric="gold_logprob"):
         if len(out) >= at_least:
