@@ -51,7 +51,7 @@ bench: $(addprefix $(VENV)/.weights-,$(BUILTIN))
 	$(PY) bench/importance.py --cases 100 --model qwen2.5-coder-1.5b --series-layers 7 --straight-layers 1 --straight-cases 2
 	$(PY) bench/head_sweep.py --cases 100
 	$(PY) bench/atp.py --cases 100
-	$(PY) bench/atp.py --cases 100 --model qwen2.5-coder-0.5b --sample-heads 48
+	$(PY) bench/atp.py --cases 100 --model qwen2.5-coder-0.5b --sample-heads 48 --methods atp
 	$(PY) bench/models.py
 
 check-models: $(addprefix $(VENV)/.weights-,$(BUILTIN))

@@ -62,15 +62,19 @@ def main():
                                                           help="exact sweep of this many random heads plus the "
                                                                "estimate's top ten (default: every head)"),
                                    "--batch-size": dict(type=int, default=32),
-                                   "--top": dict(type=int, default=2, help="screen: heads per group and metric"),
-                                   "--limit": dict(type=int, default=16,
+                                   "--methods": dict(default="atp,atp*",
+                                                     help="estimates to time, comma-separated (atp* costs a "
+                                                          "forward and backward per later layer)"),
+                                   "--top": dict(type=int, default=3, help="screen: heads per group and metric"),
+                                   "--limit": dict(type=int, default=24,
                                                    help="screen: at most this many heads (the book profile's)"),
                                    "--margin": dict(type=float, default=1.0,
                                                     help="screen: points below Table 1's 2 that still confirm")})
     cases = two_digit_cases(tok, args.cases)
     every = [(l, h) for l in range(s.n_layers) for h in range(s.n_heads)]
     est, sec = {}, {}
-    for method in ("atp", "atp*"):
+    methods = args.methods.split(",")
+    for method in methods:
         long, sec[method] = timed(lambda: cu.attribution_patching_cases(model, tok, cases, method=method,
                                                                         batch_size=16, progress=False))
         est[method] = per_head(long)
@@ -98,14 +102,14 @@ def main():
                screen_rule=dict(method="atp", top=args.top, beyond_points=2.0, margin_points=args.margin,
                                 limit=args.limit),
                heads_confirmed=len(screen), correlation={}, screen={}, seconds=sec)
-    for method in ("atp", "atp*"):
+    for method in methods:
         e = est[method].loc[idx]
         res["correlation"][method] = {
             "spearman_logprob_drop": spearman(exact["lp_drop"], e["lp_drop"]),
             "spearman_accuracy_drop": spearman(exact["acc_drop"], e["acc_drop"]),
             "spearman_logprob_drop_all_rows": spearman(exact.xs("all", level="op")["lp_drop"],
                                                        e.xs("all", level="op")["lp_drop"])}
-    if "graddrop" in est["atp*"]:
+    if "atp*" in est:
         res["correlation"]["atp*"]["spearman_abs_logprob_drop_vs_graddrop"] = spearman(
             exact["lp_drop"].abs(), est["atp*"].loc[idx, "graddrop"])
     chosen = {tuple(h) for h in confirm}
@@ -120,13 +124,13 @@ def main():
         missed = worst[[h not in chosen for h in worst.index]]
         r["largest_exact_drop_not_confirmed_points"] = float(missed.max()) if len(missed) else None
         r["largest_exact_drop_not_confirmed_head"] = cu.head_name(*missed.idxmax()) if len(missed) else None
-    res["ratios"] = {"exact_over_atp": sec["exact_every_head"] / sec["atp"],
-                     "exact_over_atp_star": sec["exact_every_head"] / sec["atp*"],
-                     "exact_over_atp_star_plus_confirm": sec["exact_every_head"] / (sec["atp*"] + sec["confirm"])}
+    res["ratios"] = {f"exact_over_{m}": sec["exact_every_head"] / sec[m] for m in methods}
+    res["ratios"]["exact_over_atp_plus_confirm"] = sec["exact_every_head"] / (sec["atp"] + sec["confirm"])
     res["per_head"] = {f"{l}_{h}_{op}": dict(exact_acc=round(float(r.acc_drop), 3), exact_lp=round(float(r.lp_drop), 5),
                                             atp_acc=round(float(est["atp"].loc[(l, h, op), "acc_drop"]), 3),
                                             atp_lp=round(float(est["atp"].loc[(l, h, op), "lp_drop"]), 5),
-                                            graddrop=round(float(est["atp*"].loc[(l, h, op), "graddrop"]), 5))
+                                            graddrop=round(float(est["atp*"].loc[(l, h, op), "graddrop"]), 5)
+                                            if "atp*" in est else None)
                        for (l, h, op), r in exact.iterrows()}
     everything = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
     everything[args.model] = res                       # one entry per model: a run on another model keeps this one

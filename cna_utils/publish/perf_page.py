@@ -151,11 +151,13 @@ def _atp_section(atp: dict) -> list[str]:
         big = lambda t: f"{pct(sc[f'recall_ge_{t}_points'])} of {sc[f'heads_exact_drop_ge_{t}_points']}"
         miss, miss_head = sc["largest_exact_drop_not_confirmed_points"], sc["largest_exact_drop_not_confirmed_head"]
         miss_text = "-" if miss is None else f"{miss:.1f} ({miss_head})"
+        star_rho = f"{c['atp*']['spearman_logprob_drop']:.2f}" if "atp*" in c else "-"
+        star_s = f"{sec['atp*']:.0f}" if "atp*" in sec else "-"
         out.append(f"| {r['model']} | {r['cases']} | {r['heads_exact']} of {r['heads']} | "
-                   f"{c['atp']['spearman_logprob_drop']:.2f} / {c['atp*']['spearman_logprob_drop']:.2f} | "
+                   f"{c['atp']['spearman_logprob_drop']:.2f} / {star_rho} | "
                    f"{r['heads_confirmed']} | {big(2)} | {big(10)} | "
                    f"{miss_text} | "
-                   f"{sec['exact_every_head']:.0f} | {sec['atp']:.0f} | {sec['atp*']:.0f} | {sec['confirm']:.0f} | "
+                   f"{sec['exact_every_head']:.0f} | {sec['atp']:.0f} | {star_s} | {sec['confirm']:.0f} | "
                    f"{sec['exact_every_head'] / sec['atp']:.0f}x | "
                    f"{sec['exact_every_head'] / (sec['atp'] + sec['confirm']):.1f}x |")
     out.append("")
