@@ -161,6 +161,16 @@ def _atp_section(atp: dict) -> list[str]:
                    f"{sec['exact_every_head'] / sec['atp']:.0f}x | "
                    f"{sec['exact_every_head'] / (sec['atp'] + sec['confirm']):.1f}x |")
     out.append("")
+    for name, r in atp.items():
+        op = r["screen"].get("any operation")
+        if op:
+            ten = op["recall_ge_10_points"]
+            out.append(f"In single operations ({r['model']}, {r['cases'] // 4} cases each): "
+                       f"{op['heads_exact_drop_ge_10_points']} heads cost 10 points or more, the screen confirms "
+                       f"{'-' if ten is None else f'{100 * ten:.0f}%'} of them; the largest drop it leaves "
+                       f"unconfirmed is {op['largest_exact_drop_not_confirmed_points']:.1f} points "
+                       f"({op['largest_exact_drop_not_confirmed_head']}).")
+    out.append("")
     return out
 
 
