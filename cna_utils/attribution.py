@@ -45,8 +45,9 @@ from .cache import artefact_path, save_atomic
 from .evaluate import summarize
 from .families import family, final_norm, layers, o_proj, spec, unembed, weight_out_in
 from .forward import answer_logits, encode, length_batches, model_device
-from .hooks import attached, capture_input, post, pre, pre_kwargs
+from .hooks import attached, capture_input, layer_input, post, pre, pre_kwargs
 from .sweep import _checked, per_head_frame
+from .tracing import norm_stats
 
 __all__ = ["attribution_patching", "attribution_patching_cases", "merge_exact", "METHODS", "ESTIMATES"]
 
@@ -117,9 +118,8 @@ def _estimate_batch(model, batch, lays, target, drops, rows_per_forward):
     """One batch: the plain forward + backward (both metrics, and dla), then the GradDrop replicas."""
     s, B = spec(model), len(batch)
     gold = batch.targets[:, 0]
-    x, g_lp, g_m, logits, scale = _forward_backward(model, batch, lays, [None], want_margin=True)
+    x, g_lp, g_m, base_lp, base_margin, scale = _forward_backward(model, batch, lays, [None], want_margin=True)
     heads = {k: torch.zeros(B, s.n_layers, s.n_heads) for k in ("lp", "margin", "dla", "graddrop")}
-    lp0 = torch.log_softmax(logits[:, 0].float(), -1)
     for l in lays:
         delta = (target[l] - x[l].view(B, -1, s.n_heads, s.head_dim).float())          # [B, T, H, dh]
         heads["lp"][:, l] = _contract(g_lp[l][:B], delta, s)
@@ -130,7 +130,7 @@ def _estimate_batch(model, batch, lays, target, drops, rows_per_forward):
         per = max(1, rows_per_forward // B)
         for j in range(0, len(drops), per):
             part = drops[j:j + per]
-            xd, gd, _, _, _ = _forward_backward(model, batch, lays, part, want_margin=False)
+            xd, gd, *_ = _forward_backward(model, batch, lays, part, want_margin=False)
             for r, k in enumerate(part):
                 for l in lays:
                     if l < k:                       # block k's gradient only matters to heads below it
@@ -141,11 +141,7 @@ def _estimate_batch(model, batch, lays, target, drops, rows_per_forward):
         heads["graddrop"] = total / s.n_layers
     else:
         heads["graddrop"] = torch.full((B, s.n_layers, s.n_heads), float("nan"))
-    rows = torch.arange(B)
-    other = logits[:, 0].float().clone()
-    other[rows, gold] = float("-inf")
-    base_margin = logits[rows, 0, gold].float() - other.max(-1).values
-    return dict(heads=heads, base_lp=lp0[rows, gold].detach().cpu(), base_margin=base_margin.detach().cpu())
+    return dict(heads=heads, base_lp=base_lp, base_margin=base_margin)
 
 
 def _contract(grad, delta, s):
@@ -157,8 +153,8 @@ def _contract(grad, delta, s):
 def _forward_backward(model, batch, lays, drop, want_margin):
     """The batch repeated once per entry of ``drop`` (None: no block's gradient stopped; k: block k's),
     one forward, and the gradients of log p(answer) (and, with ``want_margin``, of the margin on the
-    first replica) at every o_proj input of ``lays``. Returns (inputs, d logp, d margin, logits, final-norm
-    scale at the answer slot)."""
+    first replica) at every o_proj input of ``lays``. Returns (inputs, d logp, d margin, the first
+    replica's log p(answer) and margin (None without ``want_margin``), final-norm scale at the answer slot)."""
     R, B = len(drop), len(batch)
     rb = batch.repeat(R) if R > 1 else batch
     store: dict = {}
@@ -190,7 +186,7 @@ def _forward_backward(model, batch, lays, drop, want_margin):
         lp = logp[rows, gold]
         inputs = [store[l] for l in lays]
         g_lp = torch.autograd.grad(lp.sum(), inputs, retain_graph=want_margin, allow_unused=True)
-        g_m = None
+        g_m = margin = None
         if want_margin:
             z = logits[:B, 0].float()
             other = z.detach().clone()
@@ -202,8 +198,9 @@ def _forward_backward(model, batch, lays, drop, want_margin):
     g_lp = {l: zeros(l, g) for l, g in zip(lays, g_lp)}
     g_m = {l: zeros(l, g) for l, g in zip(lays, g_m)} if g_m is not None else None
     x = {l: store[l].detach() for l in lays}
-    scale = _final_scale(model, final["x"])
-    return x, g_lp, g_m, logits.detach(), scale
+    scale, _ = norm_stats(model, final["x"])
+    base_margin = margin.detach().cpu() if margin is not None else None
+    return x, g_lp, g_m, lp[:B].detach().cpu(), base_margin, scale
 
 
 def _stop_block_gradient(block, r, B, R):
@@ -219,7 +216,7 @@ def _stop_block_gradient(block, r, B, R):
         return g
 
     def before(module, args, kwargs):
-        h = args[0] if args else kwargs["hidden_states"]
+        h = layer_input(args, kwargs)
         g = gate(h.device)
         saved["h"], saved["g"] = h, g
         h_in = g * h + (1 - g) * h.detach()
@@ -235,15 +232,6 @@ def _stop_block_gradient(block, r, B, R):
         return output + skip
 
     return [pre_kwargs(block, before), post(block, after)]
-
-
-def _final_scale(model, h):
-    """The final norm's scale at the answer slot (the frozen statistic the direct attribution divides by)."""
-    h = h.float()
-    eps = spec(model).norm_eps
-    if family(model).norm == "rms":
-        return torch.sqrt(h.pow(2).mean(-1) + eps)
-    return torch.sqrt(h.var(-1, unbiased=False) + eps)
 
 
 @torch.no_grad()
