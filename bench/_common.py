@@ -31,6 +31,13 @@ def two_digit_cases(tok, n: int):
     return cu.arithmetic_dataset(digits=(2,), templates=[4], words=False, n=-(-n // 4), tokenizer=tok)[:n]
 
 
+def clock(fn):
+    """(fn(), its wall-clock seconds)."""
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
 def matmul_peak(n: int = 2048, reps: int = 5) -> float:
     """fp32 matmul FLOP/s of this machine (n x n times n x n)."""
     a, b = torch.randn(n, n), torch.randn(n, n)

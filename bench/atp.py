@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from pathlib import Path
 
 import pandas as pd
-from _common import start, two_digit_cases
+from _common import clock as timed, start, two_digit_cases
 
 import cna_utils as cu
 from cna_utils import head_tables as ht
@@ -48,12 +47,6 @@ def per_head(long: pd.DataFrame) -> pd.DataFrame:
 
 def spearman(a: pd.Series, b: pd.Series) -> float:
     return float(a.rank().corr(b.rank()))
-
-
-def timed(fn):
-    t = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t
 
 
 def main():

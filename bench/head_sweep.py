@@ -24,16 +24,10 @@ import time
 from pathlib import Path
 
 import torch
-from _common import start, two_digit_cases, write
+from _common import clock, start, two_digit_cases, write
 
 import cna_utils as cu
 from cna_utils.forward import encode, model_device, score
-
-
-def clock(fn):
-    t = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t
 
 
 def batched(model, tok, cases, heads):
