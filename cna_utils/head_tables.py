@@ -94,6 +94,15 @@ class HeadSweeps:
     beyond_cut: list[str] = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
 
+    def report(self, margin: float = 1.0) -> str:
+        """What ran: seconds of the screen, the heads swept exactly per set, those left estimated."""
+        text = (f"screen: {self.seconds.get('screen', 0):.0f} s; "
+                + "; ".join(f"{len(v)} heads swept exactly on {k}: {', '.join(v)}" for k, v in self.confirmed.items())
+                + f"; total {self.seconds.get('total', 0):.0f} s")
+        if self.beyond_cut:
+            text += f"\nestimated beyond {2 - margin:g} points but over the cap: {', '.join(self.beyond_cut)}"
+        return text
+
     @property
     def all_confirmed(self) -> list[str]:
         """Every head swept exactly on some set, in the order first confirmed."""
