@@ -252,3 +252,21 @@ def test_second_part_alone_with_the_main_model_says_to_run_the_main_part_first(t
     with pytest.raises(FileNotFoundError, match="run the 'main' part first"):
         execute_notebooks(tmp_path, "smoke", "smollm2-135m", second_model="smollm2-135m", parts=("second",))
     assert not list((tmp_path / "book" / "chapters").glob("*.ipynb"))
+
+
+def test_a_hung_chromium_is_killed_and_run_again(tmp_path):
+    """Chromium now and then hangs after its work: the check kills it (children too), runs it again,
+    and a run that hangs every time comes back as exit 124 for the page's report, not an exception."""
+    from cna_utils.publish.browser_check import _chromium
+    fake = tmp_path / "chromium"
+    marker = tmp_path / "ran-once"
+    fake.write_text(f"#!/bin/sh\nif [ -e {marker} ]; then echo '<body>ok</body>'; exit 0; fi\n"
+                    f"touch {marker}\nsleep 60 &\nwait\n")
+    fake.chmod(0o755)
+    run = _chromium(str(fake), "--dump-dom", "x", timeout=2)
+    assert run.returncode == 0 and "<body>ok" in run.stdout
+    always = tmp_path / "hangs"
+    always.write_text("#!/bin/sh\nsleep 60 &\nwait\n")
+    always.chmod(0o755)
+    run = _chromium(str(always), "--dump-dom", "x", timeout=1, tries=2)
+    assert run.returncode == 124 and "2 times" in run.stderr

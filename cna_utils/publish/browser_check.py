@@ -69,10 +69,27 @@ WIDTH = 1280          # screenshot width (px): a laptop window
 MAX_HEIGHT = 32000    # the tallest screenshot taken (px); a taller page is cut there, and said so
 
 
-def _chromium(binary: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+def _chromium(binary: str, *args: str, timeout: int = 120, tries: int = 2) -> subprocess.CompletedProcess:
+    """Run headless Chromium once with ``args``. Chromium now and then hangs after its work is done
+    (more often on a loaded machine): a run past ``timeout`` seconds is killed with all its child
+    processes and run again, up to ``tries`` times; the last one's timeout is returned as exit code
+    124 with what it printed, so the caller reports it as a problem of the page."""
     base = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
             "--hide-scrollbars", "--run-all-compositor-stages-before-draw", "--virtual-time-budget=5000"]
-    return subprocess.run(base + list(args), capture_output=True, text=True, timeout=timeout)
+    for attempt in range(tries):
+        proc = subprocess.Popen(base + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+            return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, 9)
+            except ProcessLookupError:
+                pass
+            out, err = proc.communicate()
+    return subprocess.CompletedProcess(proc.args, 124, out or "",
+                                       (err or "") + f"\nChromium did not finish in {timeout} s, {tries} times")
 
 
 def text_problems(dom: str) -> list[str]:
@@ -159,7 +176,9 @@ def screenshot(binary: str, page: Path, shot: Path, width: int = WIDTH) -> tuple
     """A full-height screenshot of ``page`` (cut at MAX_HEIGHT) into ``shot``; returns (width, height)."""
     height = min(page_height(binary, page, width) or 2400, MAX_HEIGHT)
     shot.parent.mkdir(parents=True, exist_ok=True)
-    _chromium(binary, f"--screenshot={shot.resolve()}", f"--window-size={width},{height}", page.resolve().as_uri())
+    run = _chromium(binary, f"--screenshot={shot.resolve()}", f"--window-size={width},{height}", page.resolve().as_uri())
+    if run.returncode == 124:
+        shot.unlink(missing_ok=True)      # a hung run may have left a partial file
     return width, height
 
 
