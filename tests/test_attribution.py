@@ -75,6 +75,57 @@ def test_atp_is_the_first_order_effect_of_the_ablation(tiny, ablation):
                 "case")["first_correct"].tolist()
 
 
+def _linear_after_last_attention(model):
+    """Hooks that make everything after the last layer's attention linear: that layer's FFN writes
+    nothing, and the final norm is its affine part alone (x * weight + bias, no statistics)."""
+    from cna_utils.families import final_norm, mlp
+    last = spec(model).n_layers - 1
+
+    def affine(module, args, output):
+        out = args[0] * module.weight
+        return out + module.bias if getattr(module, "bias", None) is not None else out
+    return [post(mlp(model, last), lambda m, a, out: out * 0), post(final_norm(model), affine)]
+
+
+@pytest.mark.parametrize("ablation", ["zero", "mean"])
+def test_atp_is_the_exact_ablation_when_what_follows_the_head_is_linear(tiny, ablation):
+    """On a model whose layers after the head are linear (a head of the last layer, that layer's FFN
+    silenced, the final norm's statistics removed) the margin to the runner-up is linear in the
+    head's slice: AtP's estimate of it is the exact effect of the whole ablation, not of a small one."""
+    name, model = tiny
+    model = model.double()
+    cases = _first_token(random_cases(model, n=5, gold="random", seed=8))
+    linear = _linear_after_last_attention(model)
+    sp = spec(model)
+    last = sp.n_layers - 1
+    with attached(linear):
+        means = head_means(model, TOK, cases).double() if ablation == "mean" else None
+        long = attribution_patching_cases(model, TOK, cases, heads=[(last, h) for h in range(sp.n_heads)],
+                                          ablation=ablation, means=means, progress=False)
+    batch = encode(TOK, cases)
+    rows, gold = torch.arange(len(cases)), batch.targets[:, 0]
+    _, z = _scaled(model, batch, last, 0, 1.0, means, extra=linear)
+    other = z.clone()
+    other[rows, gold] = float("-inf")
+    runner = other.argmax(-1)
+    for head in range(sp.n_heads):
+        _, z_abl = _scaled(model, batch, last, head, 0.0, means, extra=linear)
+        exact = z_abl[rows, gold] - z_abl[rows, runner]
+        est = _rows(long, last, head, "margin")
+        assert torch.allclose(est, exact, atol=1e-8 + 1e-8 * float(exact.abs().max())), (name, head)
+        assert (est - _rows(long, last, head, "base_margin")).abs().max() > 1e-6     # the ablation does move it
+    # the same heads in the real model: the estimate is first order only, and differs
+    real = attribution_patching_cases(model, TOK, cases, heads=[(last, 0)], ablation=ablation, means=means,
+                                      progress=False)
+    _, z_real = _scaled(model, batch, last, 0, 0.0, means)
+    base_real = _scaled(model, batch, last, 0, 1.0, means)[1]
+    other = base_real.clone()
+    other[rows, gold] = float("-inf")
+    runner_real = other.argmax(-1)
+    assert not torch.allclose(_rows(real, last, 0, "margin"), z_real[rows, gold] - z_real[rows, runner_real],
+                              atol=1e-6)
+
+
 def _clean_input(model, k, clean):
     """Hooks that make block k read the unablated residual ``clean`` while its skip keeps the real one."""
     saved = {}
@@ -119,6 +170,59 @@ def test_graddrop_terms_are_effects_with_one_block_frozen(name):
     assert torch.allclose(torch.tensor(top["graddrop"].values, dtype=torch.float64),
                           torch.tensor((top["gold_logprob"] - top["base_gold_logprob"]).abs().values,
                                        dtype=torch.float64), atol=1e-6)
+
+
+def _cancelling_path(model, u0, w, v, beta, K):
+    """A hook inside block 1 (on its FFN, so stopping the block's gradient stops it too) that adds
+    v * beta * K * tanh((u - u0) / K) at the last position, u = the FFN input there . w: nothing at
+    the unablated model (u = u0), slope beta along u, and never more than |beta| K however far the
+    ablation moves u (it saturates)."""
+    from cna_utils.families import mlp
+
+    def fn(module, args, out):
+        reps = out.shape[0] // len(u0)                      # atp* runs the batch once per stopped block
+        u = args[0][:, -1] @ w
+        add = (beta.repeat(reps) * K * torch.tanh((u - u0.repeat(reps)) / K))[:, None] * v
+        out = out.clone()
+        out[:, -1] = out[:, -1] + add
+        return out
+    return post(mlp(model, 1), fn)
+
+
+def test_graddrop_sees_a_head_whose_paths_cancel_to_first_order():
+    """A case built for plain AtP to miss: a path through block 1 whose slope cancels the head's
+    first-order effect exactly, but which saturates, so the real ablation still moves log p. AtP
+    reads 0; AtP*'s GradDrop (block 1's gradient stopped) sees the effect, and its error against the
+    exact ablation is smaller than AtP's."""
+    from cna_utils.families import mlp
+    from cna_utils.hooks import capture_input
+    model = make_model("qwen2").double()
+    cases = _first_token(random_cases(model, n=4, gold="random", seed=9, prompt_len=(6, 6)))   # one length: batch order = case order
+    batch = encode(TOK, cases)
+    d = spec(model).d_model
+    g = torch.Generator().manual_seed(0)
+    w, v = torch.randn(d, generator=g, dtype=torch.float64), torch.randn(d, generator=g, dtype=torch.float64)
+    store = {}
+    with torch.no_grad(), attached(capture_input({"x": mlp(model, 1)}, store)):
+        answer_logits(model, batch)
+    u0 = store["x"][:, -1] @ w
+    head, K = (0, 1), 1e-4
+
+    def atp(beta, method="atp"):
+        with attached([_cancelling_path(model, u0, w, v, beta, K)]):
+            long = attribution_patching_cases(model, TOK, cases, heads=[head], method=method, progress=False)
+        return long, _rows(long, *head, "gold_logprob") - _rows(long, *head, "base_gold_logprob")
+    _, a0 = atp(torch.zeros(len(cases), dtype=torch.float64))
+    _, a1 = atp(torch.ones(len(cases), dtype=torch.float64))
+    beta = -a0 / (a1 - a0)                                  # the estimate is affine in beta: cancel it
+    long, est = atp(beta, "atp*")
+    assert est.abs().max() < 1e-9                           # plain AtP: "this head does nothing"
+    base, _ = _scaled(model, batch, *head, 1.0, extra=[_cancelling_path(model, u0, w, v, beta, K)])
+    ablated, _ = _scaled(model, batch, *head, 0.0, extra=[_cancelling_path(model, u0, w, v, beta, K)])
+    exact = (ablated - base).abs()
+    assert exact.min() > 1e-3                               # ... but zeroing it does move log p
+    graddrop = _rows(long, *head, "graddrop")
+    assert ((graddrop - exact).abs() < exact).all(), (graddrop, exact)   # AtP's error is |exact|
 
 
 def test_estimate_has_head_sweeps_table_and_exact_baseline():
