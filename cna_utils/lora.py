@@ -36,15 +36,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import align, arithmetic_dataset
+from .data import TEMPLATES, AlignmentError, align, arithmetic_dataset
 from .evaluate import accuracy
 from .forward import answer_logits, encode, model_device
 from .families import attention, spec, stores_in_out
-from .cache import artefact_key
+from .cache import artefact_key, artefact_path, load_or_compute
 from .results import save_results
 
 __all__ = ["attention_linears", "lora_config", "lora_applied", "lora_splits", "train_lora", "train_cached", "run_key",
-           "lora_per_layer", "trainable_parameters", "test_correct"]
+           "lora_per_layer", "trainable_parameters", "test_correct", "template_choice"]
 
 
 def attention_linears(model, layer: int) -> list[str]:
@@ -135,6 +135,48 @@ def lora_splits(tokenizer, ops: str = "+-", n_train: int = 1600, n_val: int = 20
                 s.extend(by_pair[p])
             start += n
     return tuple(list(s) for s in splits)
+
+
+def template_choice(model, tokenizer, ops: str = "+-", n_train: int = 1600, n_val: int = 200, n_test: int = 400,
+                    seed: int = 0, templates=(1, 2, 3, 4, 5), n_choose: int | None = None,
+                    cache_dir=None) -> tuple[int, pd.DataFrame]:
+    """The template the chapter trains and tests on, by a stated rule: the one on whose TRAINING
+    sentences (``lora_splits``' first split, never the test) the original model gets the most whole
+    answers right; a tie goes to the lower number. Every split uses the same operand pairs whatever
+    the template, so the templates are compared on the same questions. ``n_choose``: read only this
+    many training sentences, an equal share per operation (None: all of them).
+
+    Returns (template, table): one row per template with an example, ``n``, the whole-answer and
+    first-token accuracy, the whole-answer accuracy per operation and on negative results, and
+    ``why_not`` for a template whose answers cannot follow its prompt as a new token (template 5's
+    "3-5=" runs "=-" into one token for some tokenizers)."""
+    def measure():
+        rows = []
+        for t in templates:
+            try:
+                train, _, _ = lora_splits(tokenizer, ops, n_train, n_val, n_test, seed, templates=[t])
+                if n_choose is not None:
+                    train = [c for op in ops for c in [x for x in train if x.op == op][:-(-n_choose // len(ops))]]
+            except AlignmentError as e:
+                rows.append(dict(template=t, example=TEMPLATES[ops[0]][t - 1], n=0, why_not=str(e).split(":")[0]))
+                continue
+            acc = accuracy(model, tokenizer, train)
+            neg = acc[[c.result < 0 for c in train]]
+            rows.append(dict(template=t, example=f"{train[0].prompt} {train[0].answer}", n=len(train),
+                             answer=float(acc.answer_correct.mean()), first=float(acc.first_correct.mean()),
+                             **{op: float(g.answer_correct.mean()) for op, g in acc.groupby("op")},
+                             negative=float(neg.answer_correct.mean()) if len(neg) else float("nan"), why_not=""))
+        return pd.DataFrame(rows)
+    path = artefact_path(cache_dir, "lora-templates", model, ops, n_train, n_val, n_test, seed, list(templates),
+                         n_choose, suffix=".json")
+    table = load_or_compute(path, measure, save=lambda df, p: df.to_json(p, orient="records"),
+                            load=lambda p: pd.read_json(p, orient="records"))
+    usable = table[table.n > 0]
+    if usable.empty:
+        raise ValueError(f"none of the templates {list(templates)} gives answers that follow the prompt as a new "
+                         "token with this tokenizer: pass other templates (see data.TEMPLATES)")
+    best = usable.sort_values(["answer", "template"], ascending=[False, True]).iloc[0]
+    return int(best.template), table.reset_index(drop=True)
 
 
 def _accuracy(model, tokenizer, cases) -> dict:

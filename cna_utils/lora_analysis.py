@@ -20,7 +20,7 @@ from .neurons import coef_decrease
 from .study import CNAResult
 from .tracing import trace
 
-__all__ = ["lora_coefficients", "lora_cna", "chapter5_layer"]
+__all__ = ["lora_coefficients", "lora_cna", "chapter5_layer", "chapter5_template"]
 
 def lora_coefficients(model, tokenizer, cases, res: "CNAResult", runs: dict, ks=(50, 30, 20, 10)):
     """Paper Tables 9-10: the coefficient scores of each case's top-k CNA neurons (``res``, the
@@ -98,3 +98,13 @@ def chapter5_layer(results_dir, n_layers: int, default_lr: float, given: int | N
     else:
         why = f"chapter 5 has not been run here: the paper's 9th layer scaled to this model, {layer}, lr {lr:g}"
     return layer, lr, why
+
+
+def chapter5_template(results_dir) -> int | None:
+    """The template chapter 5 trained and tested its LoRA models on (``lora.template_choice``), read
+    from its results file; None when chapter 5 has not been run (or ran before it recorded one)."""
+    path = Path(results_dir) / "05_lora.json"
+    if not path.exists():
+        return None
+    t = json.loads(path.read_text()).get("data", {}).get("template")
+    return int(t) if t is not None else None

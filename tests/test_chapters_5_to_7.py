@@ -147,6 +147,26 @@ def real():
     return cu.load_model()
 
 
+def test_lora_template_is_the_one_the_original_model_answers_best_on_training_sentences(real, tmp_path):
+    model, tok = real
+    chosen, table = lora.template_choice(model, tok, ops="+-", n_train=16, n_val=4, n_test=4, cache_dir=tmp_path)
+    usable = table[table.n > 0]
+    assert set(table.template) == {1, 2, 3, 4, 5} and len(usable) >= 4
+    top = usable.answer.max()
+    assert chosen == int(usable[usable.answer == top].template.min())        # ties go to the lower number
+    for t in usable.template:                                                  # the same questions each time
+        train, _, test = lora.lora_splits(tok, "+-", 16, 4, 4, 0, templates=[int(t)])
+        first = lora.lora_splits(tok, "+-", 16, 4, 4, 0, templates=[int(usable.template.iloc[0])])
+        assert [(c.a, c.b, c.op) for c in train] == [(c.a, c.b, c.op) for c in first[0]]
+        acc = cu.accuracy(model, tok, train).answer_correct.mean()
+        assert abs(float(usable[usable.template == t].answer.iloc[0]) - float(acc)) < 1e-9
+    assert len(list(tmp_path.glob("lora-templates-*.json"))) == 1
+    again = lora.template_choice(model, tok, ops="+-", n_train=16, n_val=4, n_test=4, cache_dir=tmp_path)
+    assert again[0] == chosen and again[1].answer.fillna(-1).tolist() == table.answer.fillna(-1).tolist()
+    _, part = lora.template_choice(model, tok, ops="+-", n_train=16, n_val=4, n_test=4, n_choose=6)
+    assert set(part[part.n > 0].n) == {6}                                      # 3 sentences per operation
+
+
 def test_bias_metric_is_antisymmetric_and_uses_whole_professions(real):
     model, tok = real
     data = gb.load_bias_data()

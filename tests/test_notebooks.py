@@ -94,6 +94,8 @@ def test_chapters_5_to_7_results_are_consistent(smoke_book):
     assert r5["case"] == {"prompt": r2["prompt"], "answer": r2["answer"]}  # Table 9 follows chapter 2's case
     assert all(0 <= v["test_acc"] <= 1 for v in r5["figure_2"].values())
     assert all(r["steps"] == 4 for r in r5["runs"])                      # 64 sentences / batch 16, one epoch
+    usable = [t for t in r5["data"]["templates"] if t["n"] > 0]
+    assert r5["data"]["template"] == max(usable, key=lambda t: (t["answer"], -t["template"]))["template"]
     assert len(r5["table_9"]["neurons"]) == 3
     assert r6["lora_layer"] == r5["best_shallow_layer"]                  # chapter 6 reuses chapter 5's LoRA
     assert r6["pruned_vs_zeroed_max_abs"] < 1e-3 and 0 < r6["kept_share"] < 1
