@@ -15,12 +15,12 @@ import pandas as pd
 import torch
 
 from .compare import compare
-from .depth import scale_layer
+from .depth import depth_map, scale_layer
 from .neurons import coef_decrease
 from .study import CNAResult
 from .tracing import trace
 
-__all__ = ["lora_coefficients", "lora_cna", "chapter5_layer", "chapter5_template"]
+__all__ = ["lora_coefficients", "lora_cna", "chapter5_layer", "chapter5_template", "best_shallow_layer"]
 
 def lora_coefficients(model, tokenizer, cases, res: "CNAResult", runs: dict, ks=(50, 30, 20, 10)):
     """Paper Tables 9-10: the coefficient scores of each case's top-k CNA neurons (``res``, the
@@ -108,3 +108,23 @@ def chapter5_template(results_dir) -> int | None:
         return None
     t = json.loads(path.read_text()).get("data", {}).get("template")
     return int(t) if t is not None else None
+
+
+def best_shallow_layer(val_acc: dict, n_layers: int) -> tuple[int, str]:
+    """The LoRA layer the later analyses build on, by a stated rule: the best held-out accuracy
+    among the shallow layers (the paper's FFN layers 0-15, scaled; all layers if none was trained
+    there), a tie going to the layer nearest the paper's choice, its 9th (scaled); the paper notes
+    that layer 0 "may have special use". ``val_acc``: {layer: held-out accuracy}. Returns (layer, a
+    sentence naming the rule and the layers that tied)."""
+    shallow = set(depth_map(n_layers)["shallow_ffn"])
+    pool = {l: a for l, a in val_acc.items() if l in shallow} or dict(val_acc)
+    if not pool:
+        raise ValueError("no LoRA runs given: train at least one layer (lora_per_layer)")
+    top = max(pool.values())
+    tied = sorted(l for l, a in pool.items() if a == top)
+    target = scale_layer(9, n_layers)
+    layer = min(tied, key=lambda l: (abs(l - target), l))
+    why = (f"layer {layer}: the best held-out accuracy among the shallow LoRA layers ({100 * top:.1f}%)"
+           + (f", tied by layers {', '.join(map(str, tied))}; the tie goes to the one nearest the paper's "
+              f"9th layer (scaled: {target})" if len(tied) > 1 else ""))
+    return layer, why

@@ -292,3 +292,16 @@ def test_chapter6_reads_chapter5s_layer_through_its_loader(tmp_path):
     assert chapter5_layer(tmp_path, 24, default_lr=0.001)[:2] == (15, 0.0005)
     layer, lr, why = chapter5_layer(tmp_path, 24, default_lr=0.001, given=3)
     assert (layer, lr) == (3, 0.001) and "given" in why
+
+
+def test_best_shallow_lora_layer_breaks_ties_toward_the_papers_ninth_layer():
+    from cna_utils.lora_analysis import best_shallow_layer
+    # 24 layers: the paper's 9th of 32 scales to 7, its shallow FFN layers 0-15 to 0-11
+    assert best_shallow_layer({0: 1.0, 7: 1.0, 11: 0.9, 23: 1.0}, 24)[0] == 7
+    assert best_shallow_layer({0: 1.0, 3: 0.9, 11: 1.0}, 24)[0] == 11     # |11 - 7| = 4 < |0 - 7| = 7
+    assert best_shallow_layer({0: 0.5, 3: 0.9, 23: 1.0}, 24)[0] == 3       # the deep layer is not a candidate
+    layer, why = best_shallow_layer({0: 1.0, 7: 1.0}, 24)
+    assert "tied by layers 0, 7" in why and "nearest the paper's 9th layer (scaled: 7)" in why
+    assert best_shallow_layer({20: 0.4, 23: 0.6}, 24)[0] == 23              # no shallow layer trained: all of them
+    with pytest.raises(ValueError, match="no LoRA runs"):
+        best_shallow_layer({}, 24)
