@@ -76,13 +76,18 @@ def lora_cna(model, tokenizer, cases, adapter, layers=None, progress: bool = Fal
     return c.imp_b, c.imp_a, c.traces[1], c.traces[0]
 
 
+def _chapter5_results(results_dir) -> dict | None:
+    """Chapter 5's results file, or None when it has not been run here."""
+    path = Path(results_dir) / "05_lora.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def chapter5_layer(results_dir, n_layers: int, default_lr: float, given: int | None = None) -> tuple[int, float, str]:
     """The LoRA layer and learning rate chapter 6 builds on, with a sentence saying where they came
     from: ``given`` if not None; else chapter 5's best shallow layer (held-out accuracy) and its rate,
     read from its results file; else, when chapter 5 has not been run, the paper's 9th layer scaled
     to ``n_layers`` with ``default_lr``."""
-    path = Path(results_dir) / "05_lora.json"
-    r5 = json.loads(path.read_text()) if path.exists() else None
+    r5 = _chapter5_results(results_dir)
     if given is not None:
         layer = int(given)
     elif r5 is not None:
@@ -103,10 +108,7 @@ def chapter5_layer(results_dir, n_layers: int, default_lr: float, given: int | N
 def chapter5_template(results_dir) -> int | None:
     """The template chapter 5 trained and tested its LoRA models on (``lora.template_choice``), read
     from its results file; None when chapter 5 has not been run (or ran before it recorded one)."""
-    path = Path(results_dir) / "05_lora.json"
-    if not path.exists():
-        return None
-    t = json.loads(path.read_text()).get("data", {}).get("template")
+    t = (_chapter5_results(results_dir) or {}).get("data", {}).get("template")
     return int(t) if t is not None else None
 
 
