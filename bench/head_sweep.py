@@ -2,7 +2,7 @@
 
 Contenders, same cases, same numbers out (first-token correctness identical, log p(answer) to
 1e-4 nats):
-* ``batched``: ``cu.head_sweep_cases`` -- one baseline forward caches the residual stream; for each
+* ``batched``: ``head_sweep_cases`` -- one baseline forward caches the residual stream; for each
   layer the batch is replicated once per head (a per-row head mask) and the forward starts AT that
   layer; the LM head runs at the last position only.
 * ``hooked``: one full forward per head with a pre-hook that zeroes the head (what a loop with
@@ -26,12 +26,17 @@ from pathlib import Path
 import torch
 from _common import clock, start, two_digit_cases, write
 
-import cna_utils as cu
-from cna_utils.forward import encode, model_device, score
+from cna_utils.data.arithmetic import arithmetic_dataset
+from cna_utils.measure.interventions import ablate_heads
+from cna_utils.measure.sweep import head_sweep_cases
+from cna_utils.model import loading
+from cna_utils.model.families import o_proj, spec, weight_out_in
+from cna_utils.paper.depth import spread_layers
+from cna_utils.model.forward import encode, model_device, score
 
 
 def batched(model, tok, cases, heads):
-    df = cu.head_sweep_cases(model, tok, cases, heads=heads, batch_size=len(cases), rows_per_forward=512,
+    df = head_sweep_cases(model, tok, cases, heads=heads, batch_size=len(cases), rows_per_forward=512,
                              progress=False)
     return {(int(l), int(h)): (torch.tensor(g.first_correct.values), torch.tensor(g.gold_logprob.values, dtype=torch.float32))
             for (l, h), g in df.sort_values("case").groupby(["layer", "head"])}
@@ -50,7 +55,7 @@ def hooked(model, tok, cases, heads):
     batch.targets = torch.tensor([[c.answer_ids[0]] for c in cases])
     out = {}
     for h in heads:
-        with cu.ablate_heads(model, [h]):
+        with ablate_heads(model, [h]):
             out[h] = _full_forward(model, batch)
     return out
 
@@ -58,12 +63,12 @@ def hooked(model, tok, cases, heads):
 def model_copy(model, tok, cases, heads):
     batch = encode(tok, [c.prompt_ids for c in cases], model_device(model))
     batch.targets = torch.tensor([[c.answer_ids[0]] for c in cases])
-    s = cu.spec(model)
+    s = spec(model)
     out = {}
     for l, h in heads:
         m = copy.deepcopy(model)
         with torch.no_grad():
-            cu.weight_out_in(cu.o_proj(m, l))[:, h * s.head_dim:(h + 1) * s.head_dim] = 0
+            weight_out_in(o_proj(m, l))[:, h * s.head_dim:(h + 1) * s.head_dim] = 0
         out[(l, h)] = _full_forward(m, batch)
         del m
     return out
@@ -104,7 +109,7 @@ def main():
                                 **{"--flops-only": dict(action="store_true",
                                                         help="only add FLOP counts to an existing results file")})
     heads = [(l, h) for l in range(s.n_layers) for h in range(s.n_heads)]
-    one = cu.arithmetic_dataset(ops="+", digits=(1,), templates=[4], words=False, tokenizer=tok)
+    one = arithmetic_dataset(ops="+", digits=(1,), templates=[4], words=False, tokenizer=tok)
     one = [c for c in one if (c.a, c.b) == (3, 5)]
     many = two_digit_cases(tok, args.cases)
     if args.flops_only:
@@ -112,7 +117,7 @@ def main():
         add_flops(res, model, tok, one, many, heads)
         write(res, args.out)
         return
-    res = dict(model=cu.models.model_label(model), heads=len(heads), threads=torch.get_num_threads(), sizes={})
+    res = dict(model=loading.model_label(model), heads=len(heads), threads=torch.get_num_threads(), sizes={})
 
     for name, cases, contenders in (("one prompt", one, ("batched", "hooked", "copy")),
                                     (f"{len(many)} cases", many, ("batched", "hooked"))):
@@ -133,7 +138,7 @@ def main():
             scaling.append(dict(cases=n, layers=s.n_layers, seconds=t))
     few = many[:30]
     for k in (5, 10, 20):
-        lay = cu.spread_layers(s.n_layers, k)
+        lay = spread_layers(s.n_layers, k)
         _, t = clock(lambda: batched(model, tok, few, [(l, h) for l in lay for h in range(s.n_heads)]))
         scaling.append(dict(cases=len(few), layers=k, layer_list=lay, seconds=t))
     _, t = clock(lambda: batched(model, tok, few, heads))

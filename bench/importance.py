@@ -1,12 +1,12 @@
 """Benchmark: exact importance scores of every FFN neuron for many cases.
 
 Contenders, same cases, same numbers out (checked to 1e-4 nats):
-* ``series``: ``cu.importance_scores`` (the default): each layer's FFN values projected to the
+* ``series``: ``importance_scores`` (the default): each layer's FFN values projected to the
   vocabulary once for all cases, P_l = E_u diag(g) W_down^l; per (case, neuron) the log of the
   softmax-weighted sum of exp(logit change) from its moments E_p0[P^j] (matrix products shared by
   all cases), stopped where a proven bound is below 1e-12 nats; the few scores whose bound is not
   met are computed by the definition.
-* ``lse``: ``cu.importance_scores(method="lse")``: the same projection, then a log-sum-exp over the
+* ``lse``: ``importance_scores(method="lse")``: the same projection, then a log-sum-exp over the
   vocabulary for every (case, neuron).
 * ``per-case``: the authors' way -- for every case and layer, form the N subvalues m_k v_k, add
   each to the residual, apply the frozen final norm and the unembedding (an N x d x V matmul per
@@ -31,7 +31,11 @@ from pathlib import Path
 import torch
 from _common import matmul_peak, start, two_digit_cases, write
 
-import cna_utils as cu
+from cna_utils.measure.importance import importance_scores
+from cna_utils.measure.tracing import frozen_logits, trace
+from cna_utils.model import loading
+from cna_utils.model.families import ffn_values, spec, unembed
+from cna_utils.paper.depth import spread_layers
 
 
 def lse_floor(n_rows: int, vocab: int, reps: int, chunk: int = 32) -> float:
@@ -47,17 +51,17 @@ def lse_floor(n_rows: int, vocab: int, reps: int, chunk: int = 32) -> float:
 @torch.no_grad()
 def per_case(model, tr, targets, layers) -> torch.Tensor:
     """The straightforward computation, one case and one layer at a time."""
-    out = torch.zeros(len(targets), len(layers), cu.spec(model).d_mlp)
+    out = torch.zeros(len(targets), len(layers), spec(model).d_mlp)
     for b, w in enumerate(targets):
         for j, l in enumerate(layers):
             li = tr.layer_index(l)
             r = tr.resid_mid[b, li]
             sc, mu = tr.norm_scale[b], tr.norm_mean[b]
-            base = torch.log_softmax(cu.frozen_logits(model, r, sc, mu), -1)[w]
-            vals = cu.ffn_values(model, l).float().t()                                   # [N, d]
+            base = torch.log_softmax(frozen_logits(model, r, sc, mu), -1)[w]
+            vals = ffn_values(model, l).float().t()                                   # [N, d]
             for i in range(0, len(vals), 2048):                                          # bounded memory
                 sub = tr.coef[b, li, i:i + 2048][:, None] * vals[i:i + 2048]
-                lp = torch.log_softmax(cu.frozen_logits(model, r + sub, sc, mu), -1)[:, w]
+                lp = torch.log_softmax(frozen_logits(model, r + sub, sc, mu), -1)[:, w]
                 out[b, j, i:i + 2048] = lp - base
     return out
 
@@ -90,16 +94,16 @@ def main():
                                                             help="cases for the per-case method (default: all)")})
     cases = two_digit_cases(tok, args.cases)
     targets = [c.answer_ids[0] for c in cases]
-    tr = cu.trace(model, tok, cases, keep=("resid_mid", "coef"))
-    ser = cu.spread_layers(s.n_layers, args.series_layers)
-    sub = [ser[i] for i in cu.spread_layers(len(ser), args.straight_layers)]
+    tr = trace(model, tok, cases, keep=("resid_mid", "coef"))
+    ser = spread_layers(s.n_layers, args.series_layers)
+    sub = [ser[i] for i in spread_layers(len(ser), args.straight_layers)]
     nc = min(args.straight_cases or len(cases), len(cases))
 
     st = {}
-    series_all, t_series = timed(cu.importance_scores, model, tr, targets, layers=ser, stats=st)
+    series_all, t_series = timed(importance_scores, model, tr, targets, layers=ser, stats=st)
     t_series_all = t_series * s.n_layers / len(ser)
-    lse_sub, t_lse_sub = timed(cu.importance_scores, model, tr, targets, layers=sub, method="lse")
-    tr_few = cu.trace(model, tok, cases[:nc], layers=sub, keep=("resid_mid", "coef"))
+    lse_sub, t_lse_sub = timed(importance_scores, model, tr, targets, layers=sub, method="lse")
+    tr_few = trace(model, tok, cases[:nc], layers=sub, keep=("resid_mid", "coef"))
     slow_sub, t_slow_sub = timed(per_case, model, tr_few, targets[:nc], sub)
     series_sub = series_all[:, [ser.index(l) for l in sub]]
     err = {"series_vs_lse": float((series_sub - lse_sub).abs().max()),
@@ -109,7 +113,7 @@ def main():
         raise SystemExit(f"the methods disagree: {err}")
     differ, ties = top_k_agreement(series_sub, lse_sub, k=99, tol=2 * max(err.values()))
 
-    V = cu.unembed(model).weight.shape[0]
+    V = unembed(model).weight.shape[0]
     floor_all = lse_floor(s.d_mlp, V, reps=2) / 2 * len(cases) * s.n_layers
     peak = matmul_peak()
     scale_l = s.n_layers / len(sub)
@@ -117,7 +121,7 @@ def main():
     lse_all = t_lse_sub * scale_l
     per_case_all = t_slow_sub * scale_l * len(cases) / nc
     res = dict(
-        model=cu.models.model_label(model), cases=len(cases), layers=s.n_layers, neurons=s.d_mlp, vocab=V,
+        model=loading.model_label(model), cases=len(cases), layers=s.n_layers, neurons=s.d_mlp, vocab=V,
         threads=torch.get_num_threads(), max_abs_diff_nats=err, top99_cases_differing=differ,
         top99_differences_are_ties=ties, series_layers=ser,
         straight_layers=sub,

@@ -18,8 +18,11 @@ from pathlib import Path
 
 import torch
 
-import cna_utils as cu
-from cna_utils.weights import WEIGHTS, provenance
+from cna_utils.data.arithmetic import arithmetic_dataset
+from cna_utils.measure.evaluate import accuracy
+from cna_utils.model.families import spec
+from cna_utils.model.loading import load_model
+from cna_utils.model.weights import provenance, WEIGHTS
 
 OUT = "bench/results/models.json"
 
@@ -27,16 +30,16 @@ OUT = "bench/results/models.json"
 def load(name: str):
     """The model, its tokenizer and the seconds its load took."""
     t = time.perf_counter()
-    model, tok = cu.load_model(name)
+    model, tok = load_model(name)
     return model, tok, time.perf_counter() - t
 
 
 def timing(model, tok, load_s: float) -> dict:
     """Load time and one forward of 100 two-digit prompts ("a + b = "), the cost unit of every sweep."""
-    probe = cu.arithmetic_dataset(digits=(2,), templates=[4], words=False, n=25, tokenizer=tok)
-    cu.accuracy(model, tok, probe[:8])
+    probe = arithmetic_dataset(digits=(2,), templates=[4], words=False, n=25, tokenizer=tok)
+    accuracy(model, tok, probe[:8])
     t = time.perf_counter()
-    cu.accuracy(model, tok, probe, batch_size=100)
+    accuracy(model, tok, probe, batch_size=100)
     return {"load_s": round(load_s, 1), "forward_100_prompts_s": round(time.perf_counter() - t, 2),
             "threads": torch.get_num_threads()}
 
@@ -44,16 +47,16 @@ def timing(model, tok, load_s: float) -> dict:
 def survey(name: str, pairs: int, digits=(1, 2)) -> dict:
     model, tok, load_s = load(name)
     kw = dict(digits=digits, templates=[1, 2, 3, 4, 5], n=pairs, tokenizer=tok)
-    cases = cu.arithmetic_dataset(words=True, **kw)                                   # numerals; words -> words
-    cases += [c for c in cu.arithmetic_dataset(words=True, answers="number", **kw) if c.form == "word"]
+    cases = arithmetic_dataset(words=True, **kw)                                   # numerals; words -> words
+    cases += [c for c in arithmetic_dataset(words=True, answers="number", **kw) if c.form == "word"]
     t = time.perf_counter()
-    acc = cu.accuracy(model, tok, cases)
+    acc = accuracy(model, tok, cases)
     acc_s = time.perf_counter() - t
     acc["answer_form"] = [c.answer_form for c in cases]
     rows = (acc.groupby(["op", "digits", "template", "form", "answer_form"])
             .agg(n=("first_correct", "size"), first_token=("first_correct", "mean"),
                  whole_answer=("answer_correct", "mean")).reset_index())
-    s = cu.spec(model)
+    s = spec(model)
     return {"weights": provenance(name), "pairs": pairs, "digits": list(digits), "sentences": len(cases),
             "accuracy_s": round(acc_s, 1), **timing(model, tok, load_s),
             "shape": {"layers": s.n_layers, "heads": s.n_heads, "kv_heads": s.n_kv_heads, "d_model": s.d_model,

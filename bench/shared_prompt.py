@@ -6,7 +6,7 @@ Contenders, same numbers out (the largest difference is reported):
   read its key/value cache, vs one left-padded sequence per (prompt, profession), the
   straightforward way;
 * the gender CNA's importance scores (one prompt per gender, every profession a target):
-  ``cu.importance_scores``, which computes the log-sum-exp term once per distinct input and adds
+  ``importance_scores``, which computes the log-sum-exp term once per distinct input and adds
   each target's gain, vs the same series scorer run on every (prompt, profession) row. Both share
   the layer's projection, timed apart; ``--layers`` evenly spread layers are scored and the totals
   scaled to every layer.
@@ -24,11 +24,12 @@ from pathlib import Path
 import torch
 from _common import start, write
 
-import cna_utils as cu
-from cna_utils import bias
-from cna_utils.forward import answer_logits, encode, length_batches, score
-from cna_utils.importance import _series_scores
-from cna_utils.tracing import frozen_logits
+from cna_utils.measure.importance import _series_scores, importance_scores, projection
+from cna_utils.measure.tracing import frozen_logits, trace
+from cna_utils.model.families import spec
+from cna_utils.paper.depth import spread_layers
+from cna_utils.paper import bias
+from cna_utils.model.forward import answer_logits, encode, length_batches, score
 
 
 @torch.no_grad()
@@ -44,10 +45,10 @@ def padded_logprobs(model, tok, cases, batch_size: int = 64) -> torch.Tensor:
 @torch.no_grad()
 def every_row(model, tr, targets, layers) -> tuple[torch.Tensor, float]:
     """The series scorer on every row of the trace (no sharing); returns (scores, seconds without the projection)."""
-    out, spent = torch.zeros(len(targets), len(layers), cu.spec(model).d_mlp), 0.0
+    out, spent = torch.zeros(len(targets), len(layers), spec(model).d_mlp), 0.0
     tg = torch.as_tensor(targets)
     for j, l in enumerate(layers):
-        PT = cu.projection(model, l)
+        PT = projection(model, l)
         t = time.perf_counter()
         li = tr.layer_index(l)
         z0 = frozen_logits(model, tr.resid_mid[:, li], tr.norm_scale, tr.norm_mean)
@@ -75,15 +76,15 @@ def main():
     one, _ = bias.single_token_words(tok, prompts[0], words)
     cna_cases = bias._cases(tok, [prompts[0]], one)
     targets = [c.answer_ids[0] for c in cna_cases]
-    layers = cu.spread_layers(s.n_layers, args.layers)
-    tr = cu.trace(model, tok, cna_cases, layers=layers, keep=("resid_mid", "coef"))
+    layers = spread_layers(s.n_layers, args.layers)
+    tr = trace(model, tok, cna_cases, layers=layers, keep=("resid_mid", "coef"))
     ref, t_rows = every_row(model, tr, targets, layers)
     t = time.perf_counter()
-    PT = [cu.projection(model, l) for l in layers]
+    PT = [projection(model, l) for l in layers]
     t_proj = time.perf_counter() - t
     del PT
     t = time.perf_counter()
-    got = cu.importance_scores(model, tr, targets, layers=layers)
+    got = importance_scores(model, tr, targets, layers=layers)
     t_grouped = time.perf_counter() - t - t_proj            # the projection is the same work in both
     scale = s.n_layers / len(layers)
     res = dict(

@@ -3,10 +3,10 @@ import random
 
 import pytest
 import torch
-from transformers import (AutoModelForCausalLM, GPT2Config, GPTJConfig, GPTNeoXConfig, LlamaConfig, MistralConfig,
-                          Qwen2Config)
+from transformers import (AutoModelForCausalLM, GPT2Config, GPTJConfig, GPTNeoXConfig, LlamaConfig,
+                          MistralConfig, Qwen2Config)
 
-from cna_utils import Case
+from cna_utils.data.arithmetic import Case
 
 VOCAB = 97
 

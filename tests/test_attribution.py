@@ -6,12 +6,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-import cna_utils as cu
-from cna_utils.attribution import attribution_patching_cases
-from cna_utils.families import layers, o_proj, spec
-from cna_utils.forward import answer_logits, encode
-from cna_utils.heads import _mask_hook, head_means
-from cna_utils.hooks import attached, post, pre, pre_kwargs
+from cna_utils.measure.attribution import attribution_patching, attribution_patching_cases, merge_exact
+from cna_utils.measure.sweep import head_sweep, head_sweep_cases
+from cna_utils.model.families import layers, o_proj, spec
+from cna_utils.model.forward import answer_logits, encode
+from cna_utils.measure.interventions import head_mask_hook, head_means
+from cna_utils.model.hooks import attached, post, pre, pre_kwargs
 
 from conftest import PadTokenizer, make_model, random_cases
 
@@ -29,7 +29,7 @@ def _scaled(model, batch, layer, head, s, means=None, extra=()):
     mask = torch.ones(1, sp.n_heads, dtype=torch.float64)
     mask[0, head] = s
     mu = means[layer] if means is not None else None
-    with torch.no_grad(), attached([pre(o_proj(model, layer), _mask_hook(sp.n_heads, sp.head_dim, mask, mu)), *extra]):
+    with torch.no_grad(), attached([pre(o_proj(model, layer), head_mask_hook(sp.n_heads, sp.head_dim, mask, mu)), *extra]):
         z = answer_logits(model, batch)[:, 0].double()
     rows, gold = torch.arange(len(batch)), batch.targets[:, 0]
     return torch.log_softmax(z, -1)[rows, gold], z
@@ -78,7 +78,7 @@ def test_atp_is_the_first_order_effect_of_the_ablation(tiny, ablation):
 def _linear_after_last_attention(model):
     """Hooks that make everything after the last layer's attention linear: that layer's FFN writes
     nothing, and the final norm is its affine part alone (x * weight + bias, no statistics)."""
-    from cna_utils.families import final_norm, mlp
+    from cna_utils.model.families import final_norm, mlp
     last = spec(model).n_layers - 1
 
     def affine(module, args, output):
@@ -153,7 +153,7 @@ def test_graddrop_terms_are_effects_with_one_block_frozen(name):
     batch = encode(TOK, cases)
     L, eps = spec(model).n_layers, 1e-2
     inputs = {}
-    from cna_utils.hooks import capture_input
+    from cna_utils.model.hooks import capture_input
     with torch.no_grad(), attached(capture_input({k: layers(model)[k] for k in range(L)}, inputs)):
         answer_logits(model, batch)
     for head in range(spec(model).n_heads):
@@ -177,7 +177,7 @@ def _cancelling_path(model, u0, w, v, beta, K):
     v * beta * K * tanh((u - u0) / K) at the last position, u = the FFN input there . w: nothing at
     the unablated model (u = u0), slope beta along u, and never more than |beta| K however far the
     ablation moves u (it saturates)."""
-    from cna_utils.families import mlp
+    from cna_utils.model.families import mlp
 
     def fn(module, args, out):
         reps = out.shape[0] // len(u0)                      # atp* runs the batch once per stopped block
@@ -194,8 +194,8 @@ def test_graddrop_sees_a_head_whose_paths_cancel_to_first_order():
     first-order effect exactly, but which saturates, so the real ablation still moves log p. AtP
     reads 0; AtP*'s GradDrop (block 1's gradient stopped) sees the effect, and its error against the
     exact ablation is smaller than AtP's."""
-    from cna_utils.families import mlp
-    from cna_utils.hooks import capture_input
+    from cna_utils.model.families import mlp
+    from cna_utils.model.hooks import capture_input
     model = make_model("qwen2").double()
     cases = _first_token(random_cases(model, n=4, gold="random", seed=9, prompt_len=(6, 6)))   # one length: batch order = case order
     batch = encode(TOK, cases)
@@ -228,8 +228,8 @@ def test_graddrop_sees_a_head_whose_paths_cancel_to_first_order():
 def test_estimate_has_head_sweeps_table_and_exact_baseline():
     model = make_model("llama-gqa")
     cases = random_cases(model, n=8, seed=3)
-    est = cu.attribution_patching(model, TOK, cases, by="op", progress=False)
-    exact = cu.head_sweep(model, TOK, cases, by="op", progress=False)
+    est = attribution_patching(model, TOK, cases, by="op", progress=False)
+    exact = head_sweep(model, TOK, cases, by="op", progress=False)
     keys = ["layer", "head", "op"]
     assert est[keys].values.tolist() == exact[keys].values.tolist()
     for col in ("n", "base_accuracy", "base_gold_logprob"):
@@ -251,9 +251,9 @@ def test_estimate_does_not_depend_on_batching():
 def test_direct_logit_attribution_is_the_heads_write_through_the_frozen_norm(name):
     """A head's dla is the answer's logit of its own o_proj write at the last position, through the
     final norm with its statistics frozen at the real residual (LayerNorm: the write's own mean removed)."""
-    from cna_utils.families import family, final_norm, weight_out_in
-    from cna_utils.hooks import capture_input
-    from cna_utils.tracing import frozen_logits, norm_stats
+    from cna_utils.model.families import family, final_norm, weight_out_in
+    from cna_utils.model.hooks import capture_input
+    from cna_utils.measure.tracing import frozen_logits, norm_stats
     model = make_model(name)
     cases = _first_token(random_cases(model, n=3, seed=5))
     long = attribution_patching_cases(model, TOK, cases, progress=False)
@@ -303,8 +303,8 @@ def test_merge_exact_keeps_every_head_and_takes_the_exact_rows():
     model = make_model("qwen2")
     cases = random_cases(model, n=5, seed=7)
     est = attribution_patching_cases(model, TOK, cases, progress=False)
-    exact = cu.head_sweep_cases(model, TOK, cases, heads=["1_2", "0_0"], progress=False)
-    merged = cu.merge_exact(est, exact)
+    exact = head_sweep_cases(model, TOK, cases, heads=["1_2", "0_0"], progress=False)
+    merged = merge_exact(est, exact)
     assert len(merged) == len(est) and merged["exact"].sum() == 2 * len(cases)
     got = merged[merged["exact"]].sort_values(["layer", "head", "case"])["gold_logprob"].to_numpy()
     want = exact.sort_values(["layer", "head", "case"])["gold_logprob"].to_numpy()

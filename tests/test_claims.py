@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from cna_utils import claims, stats
-from cna_utils.stats import Measure
+from cna_utils.paper import claims
+from cna_utils.measure import stats
+from cna_utils.measure.stats import Measure
 
 ALL = claims.load_claims()["claims"]
 
@@ -128,7 +129,7 @@ def test_stratified_bootstrap_keeps_group_sizes():
 def test_the_study_head_rule_passes_over_a_layer_0_head(tmp_path):
     import json
 
-    from cna_utils.study import chapter1_head
+    from cna_utils.paper.study import chapter1_head
     r = dict(profile="book", table_2=dict(top_heads={"+": "0_8"}, ranked={"+": ["0_8", "0_3", "12_4", "3_1"]}))
     (tmp_path / "01_arithmetic_heads.json").write_text(json.dumps(r))
     head, note = chapter1_head(tmp_path, "+")
@@ -151,7 +152,7 @@ def test_a_measure_read_back_from_json_keeps_its_nan():
 def test_matched_threshold_takes_the_paper_share():
     import pandas as pd
 
-    from cna_utils.ablation import matched_threshold
+    from cna_utils.paper.hidden import matched_threshold
     hid = pd.DataFrame({"concepts": [0] * 50 + [3] * 30 + [8] * 15 + [20] * 5})
     assert matched_threshold(hid, 100) == 0
     assert matched_threshold(hid, 20) == 3          # > 3: 20% of the neurons

@@ -15,8 +15,8 @@ def test_readme_and_intro_tables_match_the_committed_results():
 
 
 def test_the_table_follows_the_results(tmp_path):
-    from cna_utils.measures import as_dicts
-    from cna_utils.stats import Measure, proportion
+    from cna_utils.paper.measures import as_dicts
+    from cna_utils.measure.stats import Measure, proportion
     run = dict(model="m", profile="book", code_commit="abc1234", date="2026-11-22T00:00:00+00:00", seconds=90.0,
                torch_threads=2, weights=None)
     ms = as_dicts(dict(mask_top99=proportion([True] * 33 + [False] * 15), keep_top99=proportion([True] * 30 + [False] * 18),

@@ -2,8 +2,8 @@
 import pandas as pd
 import pytest
 
-import cna_utils as cu
-from cna_utils import head_tables as ht
+from cna_utils.measure.evaluate import relative_decrease, summarize
+from cna_utils.paper import heads as ht
 
 
 def fake_summary(column="op", values=("all", "+", "-", "*", "/"), base=0.8):
@@ -18,8 +18,8 @@ def fake_summary(column="op", values=("all", "+", "-", "*", "/"), base=0.8):
 
 
 def test_relative_decrease_is_the_papers():
-    assert cu.relative_decrease(94.5, 39.3) == pytest.approx(58.4, abs=0.05)      # Table 2 from Table 24
-    assert cu.relative_decrease(80.0, 37.9) == pytest.approx(52.6, abs=0.05)
+    assert relative_decrease(94.5, 39.3) == pytest.approx(58.4, abs=0.05)      # Table 2 from Table 24
+    assert relative_decrease(80.0, 37.9) == pytest.approx(52.6, abs=0.05)
 
 
 def test_ranking_and_tables():
@@ -83,7 +83,7 @@ def test_screen_and_confirm_sweeps_exactly_what_the_estimate_sends_on(tmp_path):
         swept = {f"{l}_{h}" for l, h in hs.exact[name][["layer", "head"]].drop_duplicates().to_numpy()}
         assert swept == set(hs.confirmed[name])
     assert 1 <= len(hs.confirmed["2d"]) <= 5
-    first = cu.summarize(hs.exact["2d"], by="op", keys=("layer", "head"))
+    first = summarize(hs.exact["2d"], by="op", keys=("layer", "head"))
     for op in first.op.unique():                      # Table 2's heads reach the per-digit set
         assert ht.ranked_heads(first, "op", op, 1)[0] in hs.confirmed["digits"]
     merged = hs.merged["2d"]

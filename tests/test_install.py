@@ -37,7 +37,7 @@ def test_a_fresh_environment_set_up_as_on_colab_runs_chapter_1(tmp_path):
     # the cell: the package with the dependencies pyproject.toml declares (from this checkout
     # instead of the repository URL), then the weights
     subprocess.run(pip + [requirement.split(" @ ")[0] + " @ " + ROOT.as_uri()], check=True)
-    subprocess.run([py, "-m", "cna_utils.install", weights], check=True)
+    subprocess.run([py, "-m", "cna_utils.model.install", weights], check=True)
     out = tmp_path / "01.ipynb"
     subprocess.run([py, "-m", "papermill", str(nb), str(out), "--cwd", str(tmp_path), "-p", "PROFILE", "smoke",
                     "-p", "MODEL", weights, "-p", "RESULTS_DIR", str(tmp_path / "results")], check=True)

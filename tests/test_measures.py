@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cna_utils import claims, measures
+from cna_utils.paper import claims, measures
 
 
 def _long(n_per_op, heads, flips, groups=None, seed=0):

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from cna_utils import claims
+from cna_utils.paper import claims
 
-from cna_utils.publish.book import DIVISION_CHAPTERS, SECOND_CHAPTERS, execute_notebooks
-from cna_utils.weights import WEIGHTS
+from cna_utils.publish.book import DIVISION_CHAPTERS, execute_notebooks, SECOND_CHAPTERS
+from cna_utils.model.weights import WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -145,7 +145,7 @@ def test_division_study_runs_chapters_2_to_4_again(smoke_book):
         heads.add(r["head"])
         page = html / f"{stem}_division.html"
         assert page.exists() and "Traceback" not in page.read_text()
-    from cna_utils.study import chapter1_head
+    from cna_utils.paper.study import chapter1_head
     head, note = chapter1_head(smoke_book / "book" / "results", "/")
     assert heads == {head} and (head.split("_")[0] != "0" or "no ranked head lies above layer 0" in note)
     board = (smoke_book / "book" / "_generated" / "scoreboard.md").read_text()
@@ -174,9 +174,9 @@ def test_second_model_pages_and_scoreboard_rows(smoke_book):
 
 
 def test_scoreboard_judges_second_model_measures_against_gpt_j(tmp_path):
-    from cna_utils.measures import as_dicts
+    from cna_utils.paper.measures import as_dicts
     from cna_utils.publish.scoreboard import scoreboard_markdown
-    from cna_utils.stats import Measure, proportion
+    from cna_utils.measure.stats import Measure, proportion
     (tmp_path / "second").mkdir()
     ms = as_dicts(dict(mask_top99=proportion([True] * 40 + [False] * 10), keep_top99=proportion([True] * 5 + [False] * 45),
                        coef_top99=Measure(30, 50, (25, 35)), answer_neurons_top3=Measure.exact(2, 3),

@@ -1,6 +1,6 @@
 """Every sentence that states a finding follows the run: opposite numbers give opposite sentences."""
 from cna_utils.publish import prose
-from cna_utils.stats import Measure
+from cna_utils.measure.stats import Measure
 
 
 def test_accuracy_by_op_follows_the_numbers():

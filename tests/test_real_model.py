@@ -5,8 +5,16 @@ import os
 import pytest
 import torch
 
-import cna_utils as cu
-from cna_utils.data import answer_separator
+from cna_utils.data.arithmetic import answer_separator, arithmetic_dataset
+from cna_utils.measure.evaluate import accuracy
+from cna_utils.measure.interventions import ablate_heads
+from cna_utils.measure.importance import importance_scores
+from cna_utils.measure.neurons import single_token
+from cna_utils.measure.sweep import head_sweep_cases
+from cna_utils.measure.tracing import frozen_logits, trace
+from cna_utils.measure.vocab import concept_mask, vocab_projection
+from cna_utils.model.families import ffn_values, final_norm, o_proj, spec, unembed, weight_out_in
+from cna_utils.model.loading import load_model
 
 NAME = os.environ.get("CNA_TEST_MODEL", "smollm2-135m")
 SHAPES = {   # family, layers, heads, kv heads, d_model, d_mlp, vocab, tied embeddings
@@ -18,22 +26,22 @@ SHAPES = {   # family, layers, heads, kv heads, d_model, d_mlp, vocab, tied embe
 
 @pytest.fixture(scope="module")
 def real():
-    return cu.load_model(NAME)
+    return load_model(NAME)
 
 
 def test_loads_offline_with_expected_shape(real):
     model, tok = real
-    s = cu.spec(model)
-    tied = cu.unembed(model).weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    s = spec(model)
+    tied = unembed(model).weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     assert (s.family, s.n_layers, s.n_heads, s.n_kv_heads, s.d_model, s.d_mlp, s.vocab_size, tied) == SHAPES[NAME]
     assert tok.padding_side == "left"
 
 
 def test_alignment_holds_for_every_template_and_answer_form(real):
     _, tok = real
-    cases = cu.arithmetic_dataset(digits=(1, 2, 3), n=3, negative=True, tokenizer=tok)
-    cases += cu.arithmetic_dataset(digits=(1, 2, 3), n=3, tokenizer=tok, templates=[5])   # "7-8=-1" may merge "=-"
-    cases += cu.arithmetic_dataset(digits=(1, 2), n=3, negative=True, tokenizer=tok, answers="number")
+    cases = arithmetic_dataset(digits=(1, 2, 3), n=3, negative=True, tokenizer=tok)
+    cases += arithmetic_dataset(digits=(1, 2, 3), n=3, tokenizer=tok, templates=[5])   # "7-8=-1" may merge "=-"
+    cases += arithmetic_dataset(digits=(1, 2), n=3, negative=True, tokenizer=tok, answers="number")
     assert {(c.op, c.template, c.form, c.answer_form) for c in cases} == \
         {(op, t, f, f) for op in "+-*/" for t in (1, 2, 3, 4, 5) for f in ("number", "word")} | \
         {(op, t, "word", "number") for op in "+-*/" for t in (1, 2, 3, 4)}
@@ -52,16 +60,16 @@ def test_alignment_holds_for_every_template_and_answer_form(real):
 
 def test_frozen_norm_logits_and_sweep_on_real_model(real):
     model, tok = real
-    cases = cu.arithmetic_dataset(ops="+-", digits=(1,), n=3, templates=[1, 4], words=False, tokenizer=tok)
-    s = cu.spec(model)
-    tr = cu.trace(model, tok, cases, layers=[s.n_layers - 1])
-    torch.testing.assert_close(cu.frozen_logits(model, tr.resid_out[:, -1], tr.norm_scale, tr.norm_mean), tr.logits,
+    cases = arithmetic_dataset(ops="+-", digits=(1,), n=3, templates=[1, 4], words=False, tokenizer=tok)
+    s = spec(model)
+    tr = trace(model, tok, cases, layers=[s.n_layers - 1])
+    torch.testing.assert_close(frozen_logits(model, tr.resid_out[:, -1], tr.norm_scale, tr.norm_mean), tr.logits,
                                atol=1e-3, rtol=1e-4)
     heads = [(0, s.n_heads - 1), (s.n_layers // 2, 2), (s.n_layers - 1, 0)]
-    sw = cu.head_sweep_cases(model, tok, cases, heads=heads, progress=False)
+    sw = head_sweep_cases(model, tok, cases, heads=heads, progress=False)
     for l, h in heads:
-        with cu.ablate_heads(model, [(l, h)]):
-            ref = cu.accuracy(model, tok, cases)
+        with ablate_heads(model, [(l, h)]):
+            ref = accuracy(model, tok, cases)
         got = sw[(sw.layer == l) & (sw["head"] == h)].sort_values("case")
         assert list(got.first_correct) == list(ref.first_correct)
         torch.testing.assert_close(torch.tensor(got.gold_logprob.values, dtype=torch.float64),
@@ -71,58 +79,58 @@ def test_frozen_norm_logits_and_sweep_on_real_model(real):
 
 def test_importance_scores_match_the_definition_on_the_real_model(real):
     model, tok = real
-    case = cu.arithmetic_dataset(ops="+", digits=(1,), templates=[4], words=False, n=1, tokenizer=tok)[0]
-    s = cu.spec(model)
-    tr = cu.trace(model, tok, [case], layers=[s.n_layers * 2 // 3, s.n_layers - 2], keep=("resid_mid", "coef"))
+    case = arithmetic_dataset(ops="+", digits=(1,), templates=[4], words=False, n=1, tokenizer=tok)[0]
+    s = spec(model)
+    tr = trace(model, tok, [case], layers=[s.n_layers * 2 // 3, s.n_layers - 2], keep=("resid_mid", "coef"))
     w = case.answer_ids[0]
-    imp = cu.importance_scores(model, tr, [w])
+    imp = importance_scores(model, tr, [w])
     for li, l in enumerate(tr.layers):
         r = tr.resid_mid[0, li]
-        base = torch.log_softmax(cu.frozen_logits(model, r, tr.norm_scale[0], tr.norm_mean[0]), -1)[w]
+        base = torch.log_softmax(frozen_logits(model, r, tr.norm_scale[0], tr.norm_mean[0]), -1)[w]
         for k in (0, 77, s.d_mlp - 1):
             with torch.no_grad():
-                h = r + tr.coef[0, li, k] * cu.ffn_values(model, l)[:, k]
-                ref = torch.log_softmax(cu.frozen_logits(model, h, tr.norm_scale[0], tr.norm_mean[0]), -1)[w] - base
+                h = r + tr.coef[0, li, k] * ffn_values(model, l)[:, k]
+                ref = torch.log_softmax(frozen_logits(model, h, tr.norm_scale[0], tr.norm_mean[0]), -1)[w] - base
             assert float(imp[0, li, k]) == pytest.approx(float(ref), abs=1e-4)
 
 
 def test_concepts_and_projection_on_the_real_tokenizer(real):
     model, tok = real
-    mask = cu.concept_mask(tok, vocab_size=cu.unembed(model).weight.shape[0])
+    mask = concept_mask(tok, vocab_size=unembed(model).weight.shape[0])
     ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]
     for word in ("8", " eight", " VIII", " plus"):
         assert len(ids(word)) == 1 and mask[ids(word)[0]], word
     for word in (" the", "-", " house"):
         assert not mask[ids(word)[0]], word
     eight = ids("8")[0]
-    v = cu.unembed(model).weight[eight].detach() / cu.final_norm(model).weight.detach()
-    assert cu.vocab_projection(model, tok, v, k=1) == ["8"]
+    v = unembed(model).weight[eight].detach() / final_norm(model).weight.detach()
+    assert vocab_projection(model, tok, v, k=1) == ["8"]
 
 
 def test_multi_token_target_is_refused(real):
     _, tok = real
-    assert cu.single_token(tok, "8") == tok("8", add_special_tokens=False)["input_ids"][0]
+    assert single_token(tok, "8") == tok("8", add_special_tokens=False)["input_ids"][0]
     with pytest.raises(ValueError, match="not one"):
-        cu.single_token(tok, "12")
+        single_token(tok, "12")
 
 
 def test_head_ablation_equals_zeroing_o_proj_columns_on_the_real_model(real):
     model, tok = real
-    s = cu.spec(model)
-    cases = cu.arithmetic_dataset(ops="+*", digits=(2,), n=2, templates=[4], words=False, tokenizer=tok)
+    s = spec(model)
+    cases = arithmetic_dataset(ops="+*", digits=(2,), n=2, templates=[4], words=False, tokenizer=tok)
     l, h = s.n_layers // 2, s.n_heads - 1
-    with cu.ablate_heads(model, [(l, h)]):
-        hooked = cu.accuracy(model, tok, cases).gold_logprob.values
-    w = cu.weight_out_in(cu.o_proj(model, l))
+    with ablate_heads(model, [(l, h)]):
+        hooked = accuracy(model, tok, cases).gold_logprob.values
+    w = weight_out_in(o_proj(model, l))
     cols = slice(h * s.head_dim, (h + 1) * s.head_dim)
     saved = w[:, cols].detach().clone()
     with torch.no_grad():
         w[:, cols] = 0
     try:
-        zeroed = cu.accuracy(model, tok, cases).gold_logprob.values
+        zeroed = accuracy(model, tok, cases).gold_logprob.values
     finally:
         with torch.no_grad():
             w[:, cols] = saved
-    base = cu.accuracy(model, tok, cases).gold_logprob.values
+    base = accuracy(model, tok, cases).gold_logprob.values
     torch.testing.assert_close(torch.tensor(hooked), torch.tensor(zeroed), atol=1e-4, rtol=1e-4)
     assert not torch.allclose(torch.tensor(hooked), torch.tensor(base))     # the head does something here

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from cna_utils import weights
-from cna_utils.weights import WEIGHTS, WeightsError, model_file, provenance, requirements
+from cna_utils.model import weights
+from cna_utils.model.weights import model_file, provenance, requirements, WEIGHTS, WeightsError
 
 PARTS = [b"first part " * 100, b"second " * 333, b"the third and last part"]
 

@@ -14,8 +14,8 @@ figures), ``scoreboard`` (claims and verdicts, the scoreboard page), ``findings`
 intro table), ``perf_page`` and ``models_page`` (pages from ``bench/results``), ``student`` (the
 version without solutions), ``browser_check`` (headless-browser checks of the built pages).
 """
-from . import prose
-from .chapter import Chapter, open_chapter
-from .scoreboard import show_verdicts, verdict_markdown
+from cna_utils.publish import prose
+from cna_utils.publish.chapter import Chapter, glue_all, open_chapter
+from cna_utils.publish.scoreboard import show_verdicts, verdict_markdown
 
-__all__ = ["Chapter", "open_chapter", "prose", "show_verdicts", "verdict_markdown"]
+__all__ = ["Chapter", "glue_all", "open_chapter", "prose", "show_verdicts", "verdict_markdown"]

@@ -103,8 +103,8 @@ def execute_notebooks(root: Path, profile: str, model: str, only: list[str] | No
     on ``model``), "division" (chapters 2-4 with OP="/") and "second" (chapters 1-4 on ``second_model``)."""
     import papermill as pm
 
-    from ..analysis import study_results_name
-    from ..profiles import get_profile
+    from cna_utils.paper.study import study_results_name
+    from cna_utils.store.profiles import get_profile
     get_profile(profile)                          # fail early on an unknown profile
     src = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if only:
@@ -162,9 +162,9 @@ def execute_notebooks(root: Path, profile: str, model: str, only: list[str] | No
 def write_pages(root: Path) -> None:
     """The generated pages: the replication scoreboard (from the chapters' results files), the
     performance page and the models page (from the benchmark results), under book/_generated/."""
-    from .models_page import write_models_page
-    from .perf_page import write_performance
-    from .scoreboard import write_scoreboard
+    from cna_utils.publish.models_page import write_models_page
+    from cna_utils.publish.perf_page import write_performance
+    from cna_utils.publish.scoreboard import write_scoreboard
 
     out = root / "book" / "_generated"
     out.mkdir(parents=True, exist_ok=True)

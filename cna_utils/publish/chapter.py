@@ -16,11 +16,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ..families import ModelSpec, spec
-from ..models import load_model, model_label
-from ..profiles import get_profile
-from ..results import save_results
-from ..weights import WEIGHTS, provenance
+from cna_utils.model.families import ModelSpec, spec
+from cna_utils.model.loading import load_model, model_label
+from cna_utils.model.weights import provenance, WEIGHTS
+from cna_utils.store.profiles import get_profile
+from cna_utils.store.results import save_results
 
 __all__ = ["Chapter", "open_chapter"]
 
@@ -54,6 +54,14 @@ class Chapter:
     def save(self, name: str, results: dict) -> Path:
         """``save_results`` with the run's facts (``run_info``) under the key "run"."""
         return save_results(name, dict(results, run=self.run_info()), self.results_dir)
+
+
+def glue_all(values: dict) -> None:
+    """Glue every value of ``values`` under its key for the page's prose (``{glue:text}`key```),
+    without displaying it."""
+    from myst_nb import glue
+    for key, value in values.items():
+        glue(key, value, display=False)
 
 
 def code_commit() -> str | None:

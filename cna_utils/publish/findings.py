@@ -14,9 +14,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from .. import claims as cl
-from ..results import save_results
-from .scoreboard import claim_totals, item_rows, load_all, totals
+from cna_utils.paper import claims as cl
+from cna_utils.store.results import save_results
+from cna_utils.publish.scoreboard import claim_totals, item_rows, load_all, totals
 
 __all__ = ["RESULTS", "findings_markdown", "save_run", "update", "main"]
 

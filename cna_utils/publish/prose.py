@@ -6,7 +6,7 @@ A comparison of two measures says "above" or "below" only when their 95% interva
 """
 from __future__ import annotations
 
-from ..stats import Measure, proportion
+from cna_utils.measure.stats import Measure, proportion
 
 __all__ = ["compare", "accuracy_by_op", "depth_order", "dag_average", "trend_words"]
 

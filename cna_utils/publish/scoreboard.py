@@ -18,8 +18,8 @@ import json
 import sys
 from pathlib import Path
 
-from .. import claims as cl
-from ..measures import as_dicts
+from cna_utils.paper import claims as cl
+from cna_utils.paper.measures import as_dicts
 
 __all__ = ["verdict_markdown", "show_verdicts", "PAPER_ITEMS", "load_all", "item_rows", "totals", "claim_totals",
            "scoreboard_markdown", "write_scoreboard"]
@@ -136,7 +136,7 @@ def scoreboard_markdown(results_dir) -> str:
            "*partly* or *does not* when the whole interval lies on one side, and *inconclusive* when it straddles a "
            "threshold or rests on fewer cases than the rule's smallest n, with about how many cases would decide it. "
            "Every rule replicates on the paper's own numbers and fails an input where the head or neurons change "
-           "nothing (`python -m cna_utils.claims --check-paper`, run by the tests).", "",
+           "nothing (`python -m cna_utils.paper.claims --check-paper`, run by the tests).", "",
            f"**Totals:** items: {totals(rows)}; claims ({n_claims}): {claim_totals(rows)}.", ""]
     for r in rows:
         link = (f"[{r['chapter']}](../chapters/{r['chapter']}.ipynb{r['anchor']})" if r["ran"] else r["chapter"])

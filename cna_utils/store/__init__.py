@@ -1,0 +1,1 @@
+"""What runs keep: the artefact cache, the chapters' results files, the run profiles."""
