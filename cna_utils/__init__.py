@@ -21,7 +21,8 @@ room, and every public name has one import path (``from cna_utils.measure.import
               (the paper's layer ranges scaled to this model); ``numbers`` (the paper's own numbers),
               ``claims`` (its claims and their verdict rules), ``measures`` (what the claims read)
 ``store/``    what runs keep: ``cache`` (artefacts keyed on the weights), ``results`` (each chapter's
-              results file), ``profiles`` (the smoke / book / paper sizes)
+              results file), ``schema`` (what each results file must hold), ``profiles`` (the smoke /
+              book / paper sizes)
 ``publish/``  the book around it: chapters, figures, scoreboard, findings, student version
 
 Sign conventions: accuracies are fractions in [0, 1]; a "drop" is base minus ablated (bigger =

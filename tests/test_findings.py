@@ -24,9 +24,10 @@ def test_the_table_follows_the_results(tmp_path):
                        score_effect_spearman=Measure(0.5, 10, (0.3, 0.6))))
     build = tmp_path / "build"
     (build / "second").mkdir(parents=True)
-    (build / "02_cna.json").write_text(json.dumps(dict(model="m", profile="book", run=run, measures=ms)))
+    held = dict(head="16_8", table_5={})                         # what the schema asks of a chapter 2 file
+    (build / "02_cna.json").write_text(json.dumps(dict(model="m", profile="book", run=run, measures=ms, **held)))
     (build / "second" / "02_cna.json").write_text(json.dumps(dict(model="s", profile="book", run=dict(run, model="s"),
-                                                                  measures=ms)))
+                                                                  measures=ms, **held)))
     dest = findings.save_run(build, tmp_path / "results")
     assert dest == tmp_path / "results" / "m" / "book" and (dest / "second" / "02_cna.json").exists()
     table = findings.findings_markdown(dest)
@@ -60,11 +61,11 @@ def test_interactive_figure_titles_wrap_to_the_text_column():
 
     summary = pd.DataFrame({"layer": [0, 1], "head": [0, 1], "op": ["+", "+"], "drop": [0.1, -0.2]})
     long = "Drop in mean log p(first answer token) when one head is zeroed, screen set (16 cases per operation)"
-    fig = interactive.head_heatmaps(summary, 2, 2, title=long)
+    fig = interactive.head_heatmaps(summary, (2, 2), title=long)
     lines = fig.layout.title.text.split("<br>")
     assert len(lines) == 2 and all(len(x) <= interactive.TITLE_CHARS for x in lines)
     assert " ".join(lines) == long
-    short = interactive.head_heatmaps(summary, 2, 2, title="Accuracy drop")
+    short = interactive.head_heatmaps(summary, (2, 2), title="Accuracy drop")
     assert short.layout.title.text == "Accuracy drop" and fig.layout.height == short.layout.height + 20
     top = pd.DataFrame({"layer": [3], "score": [1.5], "name": ["3_7"]})
     assert "<br>" in interactive.cna_scores(top, title=long).layout.title.text

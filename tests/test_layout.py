@@ -80,9 +80,8 @@ def _params(fn) -> int:
 # lora.train_lora (LoraHParams) and compare (Scoring) do. The list can only shrink.
 WIDE = {"data/arithmetic.py:arithmetic_dataset", "measure/attribution.py:attribution_patching_cases",
         "measure/circuits.py:hidden_interpretable", "measure/circuits.py:transfer_scores",
-        "measure/importance.py:_layer_scores", "measure/importance.py:importance_scores",
-        "measure/sweep.py:head_sweep_cases", "paper/heads.py:screen_and_confirm", "paper/neurons.py:hidden_vectors",
-        "paper/study.py:prepare_study", "publish/interactive.py:head_heatmaps"}
+        "measure/importance.py:importance_scores",
+        "measure/sweep.py:head_sweep_cases", "paper/heads.py:screen_and_confirm", "paper/neurons.py:hidden_vectors"}
 
 
 def test_functions_are_short_and_take_few_parameters():
@@ -229,3 +228,31 @@ def test_results_differences_ignore_only_what_changes_between_runs(tmp_path):
     save_results("02_y", rec, b)
     d = differences(a, b)
     assert any("/table/1: 2.0 != 2.5" in x for x in d) and any("02_y.json: only in" in x for x in d)
+
+
+# --- results schema -------------------------------------------------------------------------------
+
+def test_every_committed_results_file_holds_what_its_readers_need():
+    from cna_utils.store.schema import problems
+    root = PKG.parent / "results" / "qwen2.5-coder-0.5b" / "book"
+    files = sorted(root.glob("*.json")) + sorted((root / "second").glob("*.json"))
+    assert len(files) >= 14
+    for f in files:
+        name = str(f.relative_to(root).with_suffix(""))
+        assert problems(name, json.loads(f.read_text())) == [], name
+
+
+def test_a_chapter_file_missing_a_read_key_is_written_and_then_refused(tmp_path):
+    from cna_utils.store.schema import chapter_of, field
+    ok = dict(model="m", profile="smoke", verdicts=[], best_shallow_layer=3, figure_2={}, data=dict(template=2),
+              measures={})
+    save_results("05_lora", ok, tmp_path)
+    bad = {k: v for k, v in ok.items() if k != "best_shallow_layer"}
+    bad["data"] = dict(template="2")
+    with pytest.raises(ValueError, match=r"best_shallow_layer: missing; data.template: str, expected int"):
+        save_results("05_lora", bad, tmp_path / "b")
+    assert (tmp_path / "b" / "05_lora.json").exists()                   # nothing computed is lost
+    assert chapter_of("02_cna_division") == "02_cna" and chapter_of("second/02_cna") == "02_cna"
+    assert chapter_of("result") is None and field(ok, "data.template") == 2
+    with pytest.raises(KeyError, match="'data.seed'"):
+        field(ok, "data.seed")

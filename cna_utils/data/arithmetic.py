@@ -42,10 +42,25 @@ from dataclasses import dataclass, field, replace
 
 from num2words import num2words
 
-__all__ = ["Case", "AlignmentError", "TEMPLATES", "TABLE14", "OPS", "answer_separator", "arithmetic_dataset", "align",
-           "digit_kinds", "digit_cases", "number_word"]
+__all__ = ["Operation", "OPERATIONS", "Case", "AlignmentError", "TEMPLATES", "TABLE14", "OPS", "answer_separator",
+           "arithmetic_dataset", "align", "digit_kinds", "digit_cases", "number_word"]
 
-OPS = {"+": "addition", "-": "subtraction", "*": "multiplication", "/": "division"}
+@dataclass(frozen=True)
+class Operation:
+    """One operation's names: the word the prose uses, the short name measure keys use, and the
+    column name of the paper's Table 2."""
+    symbol: str
+    word: str
+    short: str
+    paper: str
+
+
+# The one table of operation names; OPS and the other maps are read from it.
+OPERATIONS = {o.symbol: o for o in (Operation("+", "addition", "add", "add"),
+                                    Operation("-", "subtraction", "sub", "sub"),
+                                    Operation("*", "multiplication", "mul", "multi"),
+                                    Operation("/", "division", "div", "divide"))}
+OPS = {s: o.word for s, o in OPERATIONS.items()}
 # Paper Table 14 (Appendix A), in the paper's order: template 1..4 for each operation.
 TEMPLATES = {
     "+": ["The sum of {n1} and {n2} is", "Q: What is {n1} plus {n2}? A:", "{n1} plus {n2} is", "{n1} + {n2} ="],

@@ -153,10 +153,12 @@ def _checked(model, traces, target_ids, layers, method, order, shared_norm):
     return targets, sel
 
 
-def _layer_scores(z0, a, PT, tg, group, method, order, tol, chunk):
+def _layer_scores(z0, a, PT, tg, group, how):
     """One layer's scores of every case and neuron, and how many were computed by the definition.
     ``group`` = ``_same_inputs``: cases with the same input (one prompt, several targets) share
-    log S, computed once per distinct row with a zero gain; each case then adds its own gain."""
+    log S, computed once per distinct row with a zero gain; each case then adds its own gain.
+    ``how``: (method, series order, tolerance, lse chunk), as ``importance_scores`` takes them."""
+    method, order, tol, chunk = how
     gain = a * PT[:, tg].t()                                    # [B, N] change of the target logit
     reps, inv = group
     shared = len(reps) < len(gain)
@@ -215,7 +217,7 @@ def importance_scores(model, trace: Trace | list[Trace], target_ids, layers=None
             li = tr.layer_index(l)
             z0 = frozen_logits(model, tr.resid_mid[:, li].to(dev), sc, mu)    # [B, V]
             a = tr.coef[:, li].to(dev).float() / sc.unsqueeze(-1)             # [B, N]
-            sc_l, n_exact = _layer_scores(z0, a, PT, tgt.to(dev), groups[id(tr)], method, int(order), tol, chunk)
+            sc_l, n_exact = _layer_scores(z0, a, PT, tgt.to(dev), groups[id(tr)], (method, int(order), tol, chunk))
             out[:, j] = sc_l.cpu()
             counts["exact_neurons"] += n_exact
             counts["scores"] += sc_l.numel()

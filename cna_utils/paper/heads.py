@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from cna_utils.measure.attribution import attribution_patching_cases, merge_exact
-from cna_utils.data.arithmetic import Case
+from cna_utils.data.arithmetic import Case, OPERATIONS
 from cna_utils.measure.evaluate import accuracy, relative_decrease, summarize, token_table
 from cna_utils.measure.interventions import ablate_heads
 from cna_utils.measure.names import head_name
@@ -27,7 +27,7 @@ __all__ = ["ranked_heads", "candidate_heads", "beyond_heads", "HeadSweeps", "scr
            "head_value", "base_accuracy", "table_1", "table_2", "table_3", "tables_24_27", "paper_table_frame",
            "side_by_side", "OP_NAMES"]
 
-OP_NAMES = {"+": "add", "-": "sub", "*": "multi", "/": "divide"}
+OP_NAMES = {s: o.paper for s, o in OPERATIONS.items()}          # Table 2's columns
 
 
 def ranked_heads(summary: pd.DataFrame, column: str = "op", value: str = "all", k: int | None = None,

@@ -23,6 +23,7 @@ from cna_utils.paper.depth import depth_map, scale_layer
 from cna_utils.measure.neurons import coef_decrease
 from cna_utils.measure.tracing import trace
 from cna_utils.paper.study import one_digit_cases
+from cna_utils.store.schema import field
 
 __all__ = ["lora_coefficients", "lora_cna", "chapter5_layer", "chapter5_template", "best_shallow_layer",
            "pruning_cases", "table_11"]
@@ -99,10 +100,10 @@ def chapter5_layer(results_dir, n_layers: int, default_lr: float, given: int | N
     if given is not None:
         layer = int(given)
     elif r5 is not None:
-        layer = int(r5["best_shallow_layer"])
+        layer = int(field(r5, "best_shallow_layer"))
     else:
         layer = scale_layer(9, n_layers)
-    run = (r5 or {}).get("figure_2", {}).get(str(layer))
+    run = field(r5, "figure_2").get(str(layer)) if r5 is not None else None
     lr = float(run["lr"]) if run else float(default_lr)
     if given is not None:
         why = f"the LoRA layer was given: {layer}, lr {lr:g}"
@@ -116,7 +117,7 @@ def chapter5_layer(results_dir, n_layers: int, default_lr: float, given: int | N
 def chapter5_template(results_dir) -> int | None:
     """The template chapter 5 trained and tested its LoRA models on (``lora.template_choice``), read
     from its results file; None when chapter 5 has not been run (or ran before it recorded one)."""
-    t = (_chapter5_results(results_dir) or {}).get("data", {}).get("template")
+    t = (_chapter5_results(results_dir) or {}).get("data", {}).get("template")   # older files have none
     return int(t) if t is not None else None
 
 

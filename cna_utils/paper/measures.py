@@ -16,13 +16,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cna_utils.data.arithmetic import OPERATIONS
 from cna_utils.measure.neurons import coef_decrease
 from cna_utils.measure.stats import bootstrap, mean, Measure, proportion, relative_drop
 
 __all__ = ["OPS", "AGREE_K", "MIN_DECREASE", "head_matrix", "heads", "cna", "pe_dag", "hidden", "lora", "pruning",
            "bias", "as_dicts"]
 
-OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
+OPS = {s: o.short for s, o in OPERATIONS.items()}
 # Tables 24-27: the top-k within which the paper's own tables show one head shared by 1, 2 and 3 digits
 AGREE_K = {"+": 1, "-": 2, "*": 5, "/": 1}
 MIN_DECREASE = 5.0     # a "top head" must cost at least this relative decrease (%) to count as one

@@ -26,6 +26,7 @@ from cna_utils.measure.interventions import ablate_heads
 from cna_utils.measure.names import head_name, parse_heads
 from cna_utils.measure.sweep import head_sweep
 from cna_utils.store.cache import artefact_path, load_or_compute
+from cna_utils.store.schema import field
 from cna_utils.measure.tracing import trace
 
 __all__ = ["one_digit_cases", "chapter1_head", "top_head_by_sweep", "showcase_case", "cna_cases",
@@ -50,8 +51,8 @@ def chapter1_head(results_dir, op: str = "+") -> tuple[str | None, str]:
     if not path.exists():
         return None, f"no chapter-1 results at {path}"
     r = json.loads(path.read_text())
-    top = r["table_2"]["top_heads"][op]
-    ranked = r["table_2"].get("ranked", {}).get(op, [top])
+    top = field(r, "table_2.top_heads")[op]
+    ranked = r["table_2"].get("ranked", {}).get(op, [top])                  # older files have no ranking
     above = [h for h in ranked if int(h.split("_")[0]) > 0]
     head = above[0] if above else top
     note = f"chapter 1 ({r['profile']} profile) ranks {top} first for 2-digit {op}"
@@ -165,11 +166,11 @@ def study_results_name(name: str, op: str = "+") -> str:
 
 
 def prepare_study(model, tokenizer, head=None, results_dir="results", max_cases=None, cache_dir=None,
-                  seed: int = 0, progress: bool = True, op: str = "+") -> Study:
+                  seed: int = 0, op: str = "+") -> Study:
     """The 1-digit cases of the study of ``op`` ("+": 1D+ and 1D-, "/": 1D/), the model's accuracy,
     the cases it answers (at most ``max_cases``, the showcase case always included), the head to
     compare against (``head``, else chapter 1's top head for ``op``, else the top head of a sweep over
-    these cases) and the CNA of every analysed case (cached in ``cache_dir``)."""
+    these cases) and the CNA of every analysed case (cached in ``cache_dir``, with a progress bar)."""
     st = _study(op)
     cases, acc = one_digit_cases(model, tokenizer, ops=st["ops"])
     ok = [c for c, r in zip(cases, acc.first_correct) if r]
@@ -188,7 +189,7 @@ def prepare_study(model, tokenizer, head=None, results_dir="results", max_cases=
         if head is None:
             head = top_head_by_sweep(model, tokenizer, correct)
             head_note += f"; a sweep of every head over the analysed cases picked {head}"
-    res = cna_cases(model, tokenizer, correct, head, cache_dir=cache_dir, progress=progress)
+    res = cna_cases(model, tokenizer, correct, head, cache_dir=cache_dir, progress=True)
     return Study(cases, acc, correct, head, head_note, case, case_note, res)
 
 

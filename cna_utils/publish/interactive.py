@@ -3,7 +3,7 @@ sweep heat map or a neuron of a CNA plot to read its name and value.
 
 Usage (in a chapter)::
 
-    show(head_heatmaps(summary, n_layers, n_heads, value="drop", column="op"))
+    show(head_heatmaps(summary, (n_layers, n_heads), value="drop", column="op"))
 
 ``show`` embeds the figure as HTML. plotly.js is written into the first figure of a page (about 4
 MB, no network needed: the offline book works) and reused by the figures after it.
@@ -42,11 +42,13 @@ def show(fig: go.Figure) -> None:
     display(HTML(html))
 
 
-def head_heatmaps(summary: pd.DataFrame, n_layers: int, n_heads: int, value: str = "drop", column: str = "op",
+def head_heatmaps(summary: pd.DataFrame, grid: tuple[int, int], value: str = "drop", column: str = "op",
                   panels=("all", "+", "-", "*", "/"), scale: float = 100.0, title: str | None = None,
                   unit: str = "points") -> go.Figure:
     """One layer x head heat map per panel (rows of ``summary`` with ``column == panel``), as the
-    static ``plots.head_heatmaps``; hovering a cell shows the head ("layer_head") and its value."""
+    static ``plots.head_heatmaps``; hovering a cell shows the head ("layer_head") and its value.
+    ``grid``: (layers, heads per layer) of the model."""
+    n_layers, n_heads = grid
     panels = [p for p in panels if (summary[column] == p).any()]
     vmax = max(1e-9, float((summary[value] * scale).abs().max()))
     fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True, horizontal_spacing=0.02,

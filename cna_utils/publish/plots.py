@@ -185,3 +185,68 @@ def attention_map(tokens: list[str], weights, title: str | None = None, mark=())
     fig.tight_layout()
     return fig
 
+
+def mask_keep_lines(curve: pd.DataFrame, n_deep: int):
+    """Mask and keep's accuracy decrease (%) against k on a log axis (``paper.neurons.mask_keep_curve``)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    ax.plot(curve.index, curve["mask"], "o-", label="mask: zero the top-k")
+    ax.plot(curve.index, curve["keep"], "s-", label="keep: zero all other deep neurons")
+    ax.set_xscale("log")
+    ax.set_xlabel("k (top CNA neurons)")
+    ax.set_ylabel("accuracy decrease (%)")
+    ax.legend(fontsize=8)
+    ax.set_title(f"Mask and keep for larger k ({n_deep:,} deep neurons)")
+    fig.tight_layout()
+    return fig
+
+
+def zero_shot_curve(t8: pd.DataFrame, paper8: pd.DataFrame, thresholds=range(4)):
+    """Table 8 as a curve over M: this run's hidden-interpretable set, random sets of the same size
+    and the paper's numbers; each point labelled with its set size."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    xs = list(thresholds)
+    ours = t8[[f"M={m}" for m in xs]]
+    ax.plot(xs, ours.loc["accuracy_decrease"], "o-", label="hidden-interpretable set")
+    ax.plot(xs, ours.loc["random_decrease"], "s--", label="random set, same size")
+    ax.plot(xs, paper8.loc["accuracy_decrease"], "^:", color="gray", label="paper (Llama-7B)")
+    for x, n in zip(xs, ours.loc["number"]):
+        ax.annotate(f"{int(n):,}", (x, ours.loc["accuracy_decrease"].iloc[x]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xticks(xs, [f"M={m}" for m in xs])
+    ax.set_ylabel("accuracy decrease (%)")
+    ax.legend(fontsize=7)
+    ax.set_title("Zeroing hidden-interpretable shallow neurons (labels: set size)")
+    fig.tight_layout()
+    return fig
+
+
+def pruning_bars(t11: pd.DataFrame, kept: dict, d_mlp: int):
+    """Table 11 as bars, beside the number of neurons kept in each deep layer."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    t11.rename(index={"acc": "whole answer"}).T.plot.bar(ax=axes[0], rot=20)
+    axes[0].set_ylabel("accuracy (%)")
+    axes[0].set_title("Table 11 on this model")
+    pd.Series({l: len(v) for l, v in kept.items()}).plot.bar(ax=axes[1], color="grey", rot=0)
+    axes[1].set_xlabel("deep layer")
+    axes[1].set_ylabel("neurons kept")
+    axes[1].set_title(f"kept neurons per layer (of {d_mlp})")
+    fig.tight_layout()
+    return fig
+
+
+def bias_by_k(t13: pd.DataFrame, prompt_sets, ks, random_label):
+    """The total gender bias of each prompt set against the number of neurons zeroed: the top-k CNA
+    neurons and k random ones (``random_label(k)`` names the random rows of ``t13``)."""
+    fig, axes = plt.subplots(1, len(prompt_sets), figsize=(11, 3.2), sharey=True)
+    for ax, pname in zip(axes, prompt_sets):
+        orig = t13.loc["original", (pname, "total")]
+        ax.plot([0] + ks, [orig] + [t13.loc[f"top-{k}", (pname, "total")] for k in ks], marker="o",
+                label="top-k CNA neurons")
+        ax.plot([0] + ks, [orig] + [t13.loc[random_label(k), (pname, "total")] for k in ks], marker="s", ls="--",
+                label="k random neurons")
+        ax.set_title(pname)
+        ax.set_xlabel("neurons zeroed")
+    axes[0].set_ylabel("total bias (nats)")
+    axes[0].legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -13,6 +13,8 @@ import math
 import os
 from pathlib import Path
 
+from cna_utils.store.schema import problems
+
 __all__ = ["save_results", "load_results", "differences", "VOLATILE"]
 
 
@@ -33,6 +35,10 @@ def save_results(name: str, results: dict, results_dir: str | os.PathLike) -> Pa
     from cna_utils.store.cache import save_atomic
     path = Path(results_dir) / f"{name}.json"
     save_atomic(_clean(results), path, save=lambda obj, f: f.write_text(json.dumps(obj, indent=2)))
+    missing = problems(name, results)
+    if missing:
+        raise ValueError(f"{path} is written, but the chapters and pages that read it need what it lacks: "
+                         f"{'; '.join(missing)} (cna_utils/store/schema.py lists what each chapter's file holds)")
     return path
 
 
