@@ -10,6 +10,7 @@ import torch
 
 import cna_utils as cu
 from cna_utils.measure import lora
+from cna_utils.measure.attribution import attribution_patching_cases
 from cna_utils.measure.compare import compare, Comparison, Scoring
 from cna_utils.measure.interventions import (ablate_heads, Ablation, ablation, ABLATIONS, head_means,
                                              register_ablation)
@@ -163,6 +164,8 @@ def test_a_new_ablation_kind_is_one_class_and_every_head_method_can_use_it():
         sweep = head_sweep_cases(model, TOK, cases, heads=["1_1"], method="halve-for-test", progress=False)
         zero = head_sweep_cases(model, TOK, cases, heads=["1_1"], progress=False)
         assert not sweep.equals(zero)
+        with pytest.raises(ValueError, match="must be 'zero' or 'mean', not 'halve-for-test'"):
+            attribution_patching_cases(model, TOK, cases, heads=["1_1"], ablation="halve-for-test", progress=False)
     finally:
         ABLATIONS.pop("halve-for-test")
     with pytest.raises(ValueError, match="unknown ablation method 'halve-for-test'"):

@@ -46,6 +46,7 @@ from cna_utils.measure.evaluate import summarize
 from cna_utils.model.families import centred, final_norm, layers, o_proj, spec, unembed, weight_out_in
 from cna_utils.model.forward import answer_logits, encode, length_batches, model_device
 from cna_utils.model.hooks import attached, capture_input, layer_input, post, pre, pre_kwargs
+from cna_utils.measure.interventions import Mean, Zero, ablation as ablation_kind
 from cna_utils.measure.sweep import per_head_frame, sweep_inputs
 from cna_utils.measure.tracing import norm_stats
 
@@ -79,6 +80,9 @@ def attribution_patching_cases(model, tokenizer, cases, heads=None, method: str 
     method), so an interrupted run resumes where it stopped."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: use 'atp' (attribution patching) or 'atp*' (with GradDrop)")
+    if type(ablation_kind(ablation)) not in (Zero, Mean):
+        raise ValueError(f"attribution patching estimates replacing a head's output by a fixed value: ablation "
+                         f"must be 'zero' or 'mean', not {ablation!r} (run head_sweep for other kinds)")
     cases, heads, means = sweep_inputs(model, tokenizer, cases, heads, ablation, means, "first")
     s, dev = spec(model), model_device(model)
     lays = sorted({l for l, _ in heads})

@@ -13,9 +13,10 @@ Usage::
 
 **What replaces an ablated head** is an ``Ablation`` kind, looked up by name in ``ABLATIONS``:
 ``"zero"`` (the paper's) and ``"mean"`` (the head's mean output over a reference set). The head
-sweep (``sweep``), attribution patching (``attribution``) and ``ablate_heads`` all apply the kind
-through ``head_mask_hook``, so a new kind (resampling from other prompts, say) is one subclass
-registered with ``register_ablation`` and every one of them can use it. **Which neurons** a mask
+sweep (``sweep``) and ``ablate_heads`` apply the kind through ``head_mask_hook``, so a new kind
+(resampling from other prompts, say) is one subclass registered with ``register_ablation`` and both
+can use it. Attribution patching (``attribution``) estimates the effect of replacing a head's
+output by a fixed value, so it takes the kinds that are one (zero and mean) and refuses others. **Which neurons** a mask
 touches is its mode (``NEURON_MODES``): ``"zero"`` the listed ones, ``"keep"`` all but the listed
 ones of the given layers.
 
@@ -73,19 +74,15 @@ class Mean(Ablation):
     needs_reference = True
 
 
-ABLATIONS: dict[str, Ablation] = {}
+ABLATIONS: dict[str, Ablation] = {kind.name: kind for kind in (Zero(), Mean())}
 
 
 def register_ablation(kind: Ablation) -> Ablation:
-    """Make ``kind`` available by its name to ``ablate_heads``, the head sweep and attribution patching."""
+    """Make ``kind`` available by its name to ``ablate_heads`` and the head sweep."""
     if not kind.name:
         raise ValueError("an Ablation needs a name")
     ABLATIONS[kind.name] = kind
     return kind
-
-
-for _kind in (Zero(), Mean()):
-    register_ablation(_kind)
 
 
 def ablation(method: str | Ablation) -> Ablation:

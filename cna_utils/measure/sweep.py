@@ -71,7 +71,8 @@ def head_sweep_cases(model, tokenizer, cases, heads=None, method: str = "zero", 
     (the numbers do not depend on them)."""
     cases, heads, means = sweep_inputs(model, tokenizer, cases, heads, method, means, answer)
     chunks = length_batches(cases, batch_size)
-    fp = _fingerprint(model, cases, ablation(method).name, means) if cache_dir is not None else None
+    kind = ablation(method)
+    fp = _fingerprint(model, cases, kind.name, means) if cache_dir is not None else None
     results, kept, todo = _saved_layers(cache_dir, heads, fp)
     base, resid, batches = _baseline(model, tokenizer, cases, chunks, todo)
     widest = max(len(c) for c in chunks)
@@ -82,7 +83,7 @@ def head_sweep_cases(model, tokenizer, cases, heads=None, method: str = "zero", 
         for idx, batch, store in zip(chunks, batches, resid):
             k = max(1, rows_per_forward // len(idx))
             for j in range(0, len(ghead), k):
-                sc = _ablated_scores(model, batch, store, ghead[j:j + k], means, ablation(method))
+                sc = _ablated_scores(model, batch, store, ghead[j:j + k], means, kind)
                 for r, lh in enumerate(ghead[j:j + k]):
                     for key in per_head[lh]:
                         per_head[lh][key][idx] = sc[key][r * len(idx):(r + 1) * len(idx)]
