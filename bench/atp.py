@@ -35,6 +35,7 @@ from cna_utils.measure.attribution import attribution_patching_cases
 from cna_utils.measure.evaluate import summarize
 from cna_utils.measure.names import head_name, parse_heads
 from cna_utils.measure.sweep import head_sweep_cases
+from cna_utils.model.forward import Run
 from cna_utils.model import loading
 from cna_utils.paper import heads as ht
 
@@ -73,7 +74,7 @@ def main():
     methods = args.methods.split(",")
     for method in methods:
         long, sec[method] = timed(lambda: attribution_patching_cases(model, tok, cases, method=method,
-                                                                        batch_size=16, progress=False))
+                                                                        run=Run(batch_size=16, progress=False)))
         est[method] = per_head(long)
     screen = ht.candidate_heads((est["atp"].reset_index(), "op"), k=args.top, beyond=2.0, margin=args.margin,
                                 limit=args.limit)
@@ -83,8 +84,8 @@ def main():
         heads = sorted(set(rng.sample(every, args.sample_heads)) | set(parse_heads(model, top)))
     else:
         heads = every
-    exact_long, sec["exact_swept"] = timed(lambda: head_sweep_cases(model, tok, cases, heads=heads,
-                                                                       batch_size=args.batch_size, progress=False))
+    quiet = Run(progress=False, batch_size=args.batch_size)
+    exact_long, sec["exact_swept"] = timed(lambda: head_sweep_cases(model, tok, cases, heads=heads, run=quiet))
     exact = per_head(exact_long)
     if args.sample_heads:      # the sweep starts at each head's layer: scale by the layers' share of the work
         work = lambda hs: sum(s.n_layers - l for l, _ in hs)
@@ -92,8 +93,7 @@ def main():
     else:
         sec["exact_every_head"] = sec["exact_swept"]
     confirm = parse_heads(model, screen)
-    _, sec["confirm"] = timed(lambda: head_sweep_cases(model, tok, cases, heads=confirm,
-                                                          batch_size=args.batch_size, progress=False))
+    _, sec["confirm"] = timed(lambda: head_sweep_cases(model, tok, cases, heads=confirm, run=quiet))
     idx = exact.index
     res = dict(model=loading.model_label(model), cases=len(cases), heads=len(every), heads_exact=len(heads),
                screen_rule=dict(method="atp", top=args.top, beyond_points=2.0, margin_points=args.margin,

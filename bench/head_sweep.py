@@ -29,6 +29,7 @@ from _common import clock, start, two_digit_cases, write
 from cna_utils.data.arithmetic import arithmetic_dataset
 from cna_utils.measure.interventions import ablate_heads
 from cna_utils.measure.sweep import head_sweep_cases
+from cna_utils.model.forward import Run
 from cna_utils.model import loading
 from cna_utils.model.families import o_proj, spec, weight_out_in
 from cna_utils.paper.depth import spread_layers
@@ -36,8 +37,8 @@ from cna_utils.model.forward import encode, model_device, score
 
 
 def batched(model, tok, cases, heads):
-    df = head_sweep_cases(model, tok, cases, heads=heads, batch_size=len(cases), rows_per_forward=512,
-                             progress=False)
+    df = head_sweep_cases(model, tok, cases, heads=heads,
+                          run=Run(progress=False, batch_size=len(cases), rows_per_forward=512))
     return {(int(l), int(h)): (torch.tensor(g.first_correct.values), torch.tensor(g.gold_logprob.values, dtype=torch.float32))
             for (l, h), g in df.sort_values("case").groupby(["layer", "head"])}
 

@@ -6,7 +6,7 @@ Contenders, same cases, same numbers out (checked to 1e-4 nats):
   softmax-weighted sum of exp(logit change) from its moments E_p0[P^j] (matrix products shared by
   all cases), stopped where a proven bound is below 1e-12 nats; the few scores whose bound is not
   met are computed by the definition.
-* ``lse``: ``importance_scores(method="lse")``: the same projection, then a log-sum-exp over the
+* ``lse``: ``importance_scores(solver="lse")``: the same projection, then a log-sum-exp over the
   vocabulary for every (case, neuron).
 * ``per-case``: the authors' way -- for every case and layer, form the N subvalues m_k v_k, add
   each to the residual, apply the frozen final norm and the unembedding (an N x d x V matmul per
@@ -102,7 +102,7 @@ def main():
     st = {}
     series_all, t_series = timed(importance_scores, model, tr, targets, layers=ser, stats=st)
     t_series_all = t_series * s.n_layers / len(ser)
-    lse_sub, t_lse_sub = timed(importance_scores, model, tr, targets, layers=sub, method="lse")
+    lse_sub, t_lse_sub = timed(importance_scores, model, tr, targets, layers=sub, solver="lse")
     tr_few = trace(model, tok, cases[:nc], layers=sub, keep=("resid_mid", "coef"))
     slow_sub, t_slow_sub = timed(per_case, model, tr_few, targets[:nc], sub)
     series_sub = series_all[:, [ser.index(l) for l in sub]]

@@ -9,7 +9,7 @@ import torch
 from cna_utils.measure.attribution import attribution_patching, attribution_patching_cases, merge_exact
 from cna_utils.measure.sweep import head_sweep, head_sweep_cases
 from cna_utils.model.families import layers, o_proj, spec
-from cna_utils.model.forward import answer_logits, encode
+from cna_utils.model.forward import answer_logits, encode, Run
 from cna_utils.measure.interventions import head_mask_hook, head_means
 from cna_utils.model.hooks import attached, post, pre, pre_kwargs
 
@@ -48,7 +48,7 @@ def test_atp_is_the_first_order_effect_of_the_ablation(tiny, ablation):
     model = model.double()
     cases = _first_token(random_cases(model, n=5, gold="random", seed=1))
     means = head_means(model, TOK, cases).double() if ablation == "mean" else None
-    long = attribution_patching_cases(model, TOK, cases, ablation=ablation, means=means, progress=False)
+    long = attribution_patching_cases(model, TOK, cases, ablation=ablation, means=means, run=Run(progress=False))
     batch = encode(TOK, cases)
     rows, gold = torch.arange(len(cases)), batch.targets[:, 0]
     z = answer_logits(model, batch)[:, 0].double().detach()
@@ -101,7 +101,7 @@ def test_atp_is_the_exact_ablation_when_what_follows_the_head_is_linear(tiny, ab
     with attached(linear):
         means = head_means(model, TOK, cases).double() if ablation == "mean" else None
         long = attribution_patching_cases(model, TOK, cases, heads=[(last, h) for h in range(sp.n_heads)],
-                                          ablation=ablation, means=means, progress=False)
+                                          ablation=ablation, means=means, run=Run(progress=False))
     batch = encode(TOK, cases)
     rows, gold = torch.arange(len(cases)), batch.targets[:, 0]
     _, z = _scaled(model, batch, last, 0, 1.0, means, extra=linear)
@@ -115,8 +115,7 @@ def test_atp_is_the_exact_ablation_when_what_follows_the_head_is_linear(tiny, ab
         assert torch.allclose(est, exact, atol=1e-8 + 1e-8 * float(exact.abs().max())), (name, head)
         assert (est - _rows(long, last, head, "base_margin")).abs().max() > 1e-6     # the ablation does move it
     # the same heads in the real model: the estimate is first order only, and differs
-    real = attribution_patching_cases(model, TOK, cases, heads=[(last, 0)], ablation=ablation, means=means,
-                                      progress=False)
+    real = attribution_patching_cases(model, TOK, cases, heads=[(last, 0)], ablation=ablation, means=means, run=Run(progress=False))
     _, z_real = _scaled(model, batch, last, 0, 0.0, means)
     base_real = _scaled(model, batch, last, 0, 1.0, means)[1]
     other = base_real.clone()
@@ -149,7 +148,7 @@ def test_graddrop_terms_are_effects_with_one_block_frozen(name):
     all layers of the absolute values of these terms (|AtP| for blocks at or below the head)."""
     model = make_model(name).double()
     cases = _first_token(random_cases(model, n=4, gold="random", seed=2))
-    long = attribution_patching_cases(model, TOK, cases, method="atp*", progress=False)
+    long = attribution_patching_cases(model, TOK, cases, method="atp*", run=Run(progress=False))
     batch = encode(TOK, cases)
     L, eps = spec(model).n_layers, 1e-2
     inputs = {}
@@ -210,7 +209,7 @@ def test_graddrop_sees_a_head_whose_paths_cancel_to_first_order():
 
     def atp(beta, method="atp"):
         with attached([_cancelling_path(model, u0, w, v, beta, K)]):
-            long = attribution_patching_cases(model, TOK, cases, heads=[head], method=method, progress=False)
+            long = attribution_patching_cases(model, TOK, cases, heads=[head], method=method, run=Run(progress=False))
         return long, _rows(long, *head, "gold_logprob") - _rows(long, *head, "base_gold_logprob")
     _, a0 = atp(torch.zeros(len(cases), dtype=torch.float64))
     _, a1 = atp(torch.ones(len(cases), dtype=torch.float64))
@@ -228,8 +227,8 @@ def test_graddrop_sees_a_head_whose_paths_cancel_to_first_order():
 def test_estimate_has_head_sweeps_table_and_exact_baseline():
     model = make_model("llama-gqa")
     cases = random_cases(model, n=8, seed=3)
-    est = attribution_patching(model, TOK, cases, by="op", progress=False)
-    exact = head_sweep(model, TOK, cases, by="op", progress=False)
+    est = attribution_patching(model, TOK, cases, by="op", run=Run(progress=False))
+    exact = head_sweep(model, TOK, cases, by="op", run=Run(progress=False))
     keys = ["layer", "head", "op"]
     assert est[keys].values.tolist() == exact[keys].values.tolist()
     for col in ("n", "base_accuracy", "base_gold_logprob"):
@@ -241,8 +240,8 @@ def test_estimate_has_head_sweeps_table_and_exact_baseline():
 def test_estimate_does_not_depend_on_batching():
     model = make_model("qwen2")
     cases = random_cases(model, n=9, seed=4, gold="random")
-    a = attribution_patching_cases(model, TOK, cases, method="atp*", batch_size=9, rows_per_forward=64, progress=False)
-    b = attribution_patching_cases(model, TOK, cases, method="atp*", batch_size=2, rows_per_forward=2, progress=False)
+    a = attribution_patching_cases(model, TOK, cases, method="atp*", run=Run(batch_size=9, rows_per_forward=64, progress=False))
+    b = attribution_patching_cases(model, TOK, cases, method="atp*", run=Run(batch_size=2, rows_per_forward=2, progress=False))
     for col in ("gold_logprob", "margin", "graddrop", "dla"):
         assert torch.allclose(torch.tensor(a[col].values), torch.tensor(b[col].values), atol=1e-5), col
 
@@ -256,7 +255,7 @@ def test_direct_logit_attribution_is_the_heads_write_through_the_frozen_norm(nam
     from cna_utils.measure.tracing import frozen_logits, norm_stats
     model = make_model(name)
     cases = _first_token(random_cases(model, n=3, seed=5))
-    long = attribution_patching_cases(model, TOK, cases, progress=False)
+    long = attribution_patching_cases(model, TOK, cases, run=Run(progress=False))
     batch = encode(TOK, cases)
     sp = spec(model)
     store, final = {}, {}
@@ -278,13 +277,13 @@ def test_direct_logit_attribution_is_the_heads_write_through_the_frozen_norm(nam
 def test_bad_method_says_what_to_use():
     model = make_model("qwen2")
     with pytest.raises(ValueError, match="atp"):
-        attribution_patching_cases(model, TOK, random_cases(model, n=2), method="exact", progress=False)
+        attribution_patching_cases(model, TOK, random_cases(model, n=2), method="exact", run=Run(progress=False))
 
 
 def test_estimate_resumes_from_saved_batches(tmp_path):
     model = make_model("llama-gqa")
     cases = random_cases(model, n=6, seed=6, gold="random")
-    full = attribution_patching_cases(model, TOK, cases, batch_size=2, cache_dir=tmp_path, progress=False)
+    full = attribution_patching_cases(model, TOK, cases, run=Run(tmp_path, batch_size=2, progress=False))
     (path,) = tmp_path.glob("atp-*.pt")
     saved = torch.load(path)
     first = saved["done"][0]
@@ -292,7 +291,7 @@ def test_estimate_resumes_from_saved_batches(tmp_path):
     for t in list(saved["out"].values()) + list(saved["base"].values()):
         t.mul_(0)
     torch.save(saved, path)
-    again = attribution_patching_cases(model, TOK, cases, batch_size=2, cache_dir=tmp_path, progress=False)
+    again = attribution_patching_cases(model, TOK, cases, run=Run(tmp_path, batch_size=2, progress=False))
     # the batch on record is read back (zeros now), every other one recomputed
     changed = (again["gold_logprob"] - full["gold_logprob"]).abs() > 1e-6
     assert changed.any() and not changed.all()
@@ -302,8 +301,8 @@ def test_estimate_resumes_from_saved_batches(tmp_path):
 def test_merge_exact_keeps_every_head_and_takes_the_exact_rows():
     model = make_model("qwen2")
     cases = random_cases(model, n=5, seed=7)
-    est = attribution_patching_cases(model, TOK, cases, progress=False)
-    exact = head_sweep_cases(model, TOK, cases, heads=["1_2", "0_0"], progress=False)
+    est = attribution_patching_cases(model, TOK, cases, run=Run(progress=False))
+    exact = head_sweep_cases(model, TOK, cases, heads=["1_2", "0_0"], run=Run(progress=False))
     merged = merge_exact(est, exact)
     assert len(merged) == len(est) and merged["exact"].sum() == 2 * len(cases)
     got = merged[merged["exact"]].sort_values(["layer", "head", "case"])["gold_logprob"].to_numpy()

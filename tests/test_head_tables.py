@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 
 from cna_utils.measure.evaluate import relative_decrease, summarize
+from cna_utils.model.forward import Run
 from cna_utils.paper import heads as ht
 
 
@@ -77,8 +78,8 @@ def test_screen_and_confirm_sweeps_exactly_what_the_estimate_sends_on(tmp_path):
     model, tok = make_model("llama-gqa"), PadTokenizer()
     cases = random_cases(model, n=8, seed=8)
     heads = [(l, h) for l in range(3) for h in range(6)]
-    hs = ht.screen_and_confirm(model, tok, {"2d": (cases, "op"), "digits": (cases[:4], "group")}, heads, k=1,
-                               limit=4, cache=tmp_path, progress=False)
+    hs = ht.screen_and_confirm(model, tok, {"2d": (cases, "op"), "digits": (cases[:4], "group")}, heads,
+                               ht.Screen(k=1, limit=4), Run(tmp_path, progress=False))
     for name in ("2d", "digits"):
         swept = {f"{l}_{h}" for l, h in hs.exact[name][["layer", "head"]].drop_duplicates().to_numpy()}
         assert swept == set(hs.confirmed[name])
@@ -88,7 +89,10 @@ def test_screen_and_confirm_sweeps_exactly_what_the_estimate_sends_on(tmp_path):
         assert ht.ranked_heads(first, "op", op, 1)[0] in hs.confirmed["digits"]
     merged = hs.merged["2d"]
     assert len(merged) == len(heads) * len(cases) and merged["exact"].sum() == len(hs.confirmed["2d"]) * len(cases)
-    every = ht.screen_and_confirm(model, tok, {"2d": (cases, "op")}, heads, screen=None, progress=False)
+    every = ht.screen_and_confirm(model, tok, {"2d": (cases, "op")}, heads, screen=None, run=Run(progress=False))
     assert len(every.confirmed["2d"]) == len(heads) and not every.estimate
     with pytest.raises(ValueError, match="screen"):
-        ht.screen_and_confirm(model, tok, {"2d": (cases, "op")}, heads, screen="exact")
+        ht.screen_and_confirm(model, tok, {"2d": (cases, "op")}, heads, screen=ht.Screen("exact"))
+    profile = dict(screen="atp*", confirm_top=3, confirm_max=None, screen_margin=0.5)
+    assert ht.Screen.from_profile(profile) == ht.Screen("atp*", k=3, limit=None, margin=0.5)
+    assert ht.Screen.from_profile(dict(profile, screen=None)) is None

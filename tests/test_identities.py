@@ -8,6 +8,7 @@ from cna_utils.measure import tracing
 from cna_utils.measure.evaluate import accuracy
 from cna_utils.measure.interventions import ablate_heads, head_means, mask_neurons, zeroed_in_weights
 from cna_utils.measure.sweep import head_sweep, head_sweep_cases
+from cna_utils.model.forward import Run
 from cna_utils.measure.tracing import attention_pattern, frozen_logits, trace
 from cna_utils.model import families, forward
 from cna_utils.model.families import (down_proj, ffn_values, final_norm, mlp, o_proj, pre_ffn_norm, spec,
@@ -82,8 +83,8 @@ def test_head_sweep_equals_loop_of_hooked_forwards(tiny, min_rows):
     cases = random_cases(model, n=9, seed=1)
     s = spec(model)
     heads = [(l, h) for l in range(s.n_layers) for h in range(s.n_heads)]
-    sweep = head_sweep_cases(model, TOK, cases, heads=heads, batch_size=4, rows_per_forward=8, progress=False,
-                                answer="all", min_rows=min_rows)
+    packed = Run(progress=False, batch_size=4, rows_per_forward=8, min_rows=min_rows)
+    sweep = head_sweep_cases(model, TOK, cases, heads=heads, answer="all", run=packed)
     for (l, h) in heads:
         with ablate_heads(model, [(l, h)]):
             lg = full_logits(model, cases)
@@ -93,8 +94,7 @@ def test_head_sweep_equals_loop_of_hooked_forwards(tiny, min_rows):
         assert list(got.first_correct) == sc["first_correct"].tolist()
         assert list(got.answer_correct) == sc["answer_correct"].tolist()
     assert sweep.base_first_correct.all()                       # gold = the model's own greedy answer
-    first = head_sweep_cases(model, TOK, cases, heads=heads, batch_size=4, rows_per_forward=8, progress=False,
-                                min_rows=min_rows)     # answer="first": prompt only, same first token
+    first = head_sweep_cases(model, TOK, cases, heads=heads, run=packed)     # answer="first": prompt only, same first token
     assert list(first.first_correct) == list(sweep.first_correct)
     torch.testing.assert_close(torch.tensor(first.gold_logprob.values), torch.tensor(sweep.gold_logprob.values),
                                atol=1e-4, rtol=1e-4)
@@ -107,7 +107,7 @@ def test_mean_ablation_sweep_equals_loop(tiny):
     cases = random_cases(model, n=5, seed=2)
     means = head_means(model, TOK, cases)
     heads = [(0, 1), (1, 0)]
-    sweep = head_sweep_cases(model, TOK, cases, heads=heads, method="mean", means=means, progress=False)
+    sweep = head_sweep_cases(model, TOK, cases, heads=heads, method="mean", means=means, run=Run(progress=False))
     for (l, h) in heads:
         with ablate_heads(model, [(l, h)], method="mean", means=means):
             sc = forward.score(full_logits(model, cases), encode(TOK, cases).targets)
@@ -206,7 +206,7 @@ def test_hooks_removed_after_exception(tiny):
             raise RuntimeError("boom")
     assert _n_hooks(model) == before
     cases = random_cases(model, n=2)
-    head_sweep(model, TOK, cases, heads=[(1, 0)], progress=False)
+    head_sweep(model, TOK, cases, heads=[(1, 0)], run=Run(progress=False))
     trace(model, TOK, [c.prompt_ids for c in cases])
     assert _n_hooks(model) == before
 
@@ -215,18 +215,18 @@ def test_sweep_resumes_from_saved_layers(tmp_path):
     model = make_model("llama-gqa")
     cases = random_cases(model, n=5)
     heads = [(0, 0), (1, 1), (2, 3)]
-    first = head_sweep_cases(model, TOK, cases, heads=heads, cache_dir=tmp_path, progress=False)
+    first = head_sweep_cases(model, TOK, cases, heads=heads, run=Run(tmp_path, progress=False))
     assert sorted(p.name for p in tmp_path.glob("layer_*.pt")) == ["layer_000.pt", "layer_001.pt", "layer_002.pt"]
     # Mark layer 1's saved result; a rerun must load it rather than recompute it.
     saved = torch.load(tmp_path / "layer_001.pt")
     saved["heads"][(1, 1)]["gold_logprob"][:] = -123.0
     torch.save(saved, tmp_path / "layer_001.pt")
-    again = head_sweep_cases(model, TOK, cases, heads=heads, cache_dir=tmp_path, progress=False)
+    again = head_sweep_cases(model, TOK, cases, heads=heads, run=Run(tmp_path, progress=False))
     assert (again[again.layer == 1].gold_logprob == -123.0).all()
     same = again.layer != 1
     assert list(again[same].gold_logprob) == list(first[same].gold_logprob)
     # Different cases -> different fingerprint -> recomputed, not mixed up.
-    other = head_sweep_cases(model, TOK, cases[:3], heads=heads, cache_dir=tmp_path, progress=False)
+    other = head_sweep_cases(model, TOK, cases[:3], heads=heads, run=Run(tmp_path, progress=False))
     assert (other.gold_logprob != -123.0).all()
 
 
@@ -234,13 +234,13 @@ def test_sweep_caches_per_head_and_per_weights(tmp_path):
     """A rerun with more heads computes only the new ones; an edited model never reuses old results."""
     model = make_model("llama-gqa")
     cases = random_cases(model, n=4)
-    one = head_sweep_cases(model, TOK, cases, heads=[(1, 0)], cache_dir=tmp_path, progress=False)
-    two = head_sweep_cases(model, TOK, cases, heads=[(1, 0), (1, 3)], cache_dir=tmp_path, progress=False)
+    one = head_sweep_cases(model, TOK, cases, heads=[(1, 0)], run=Run(tmp_path, progress=False))
+    two = head_sweep_cases(model, TOK, cases, heads=[(1, 0), (1, 3)], run=Run(tmp_path, progress=False))
     assert list(two[two["head"] == 0].gold_logprob) == list(one.gold_logprob)
     assert set(torch.load(tmp_path / "layer_001.pt")["heads"]) == {(1, 0), (1, 3)}
     with torch.no_grad():
         final_norm(model).weight.mul_(1.5)
-    edited = head_sweep_cases(model, TOK, cases, heads=[(1, 0)], cache_dir=tmp_path, progress=False)
+    edited = head_sweep_cases(model, TOK, cases, heads=[(1, 0)], run=Run(tmp_path, progress=False))
     with ablate_heads(model, [(1, 0)]):
         ref = accuracy(model, TOK, cases)
     torch.testing.assert_close(torch.tensor(edited.gold_logprob.values, dtype=torch.float64),
@@ -251,8 +251,8 @@ def test_sweep_summary_matches_per_case_means():
     model = make_model("llama-mha")
     cases = random_cases(model, n=8, gold="random")
     heads = [(0, 0), (2, 1)]
-    df = head_sweep(model, TOK, cases, heads=heads, progress=False)
-    long = head_sweep_cases(model, TOK, cases, heads=heads, progress=False)
+    df = head_sweep(model, TOK, cases, heads=heads, run=Run(progress=False))
+    long = head_sweep_cases(model, TOK, cases, heads=heads, run=Run(progress=False))
     assert set(df.op) == {"+", "-", "*", "/", "all"}
     for (l, h) in heads:
         rows = long[(long.layer == l) & (long["head"] == h)]
@@ -270,9 +270,9 @@ def test_sweep_summary_matches_per_case_means():
 def test_mean_sweep_without_means_uses_head_means():
     model = make_model("gpt2")
     cases = random_cases(model, n=5)
-    auto = head_sweep_cases(model, TOK, cases, heads=[(1, 2)], method="mean", progress=False)
+    auto = head_sweep_cases(model, TOK, cases, heads=[(1, 2)], method="mean", run=Run(progress=False))
     given = head_sweep_cases(model, TOK, cases, heads=[(1, 2)], method="mean",
-                                means=head_means(model, TOK, cases), progress=False)
+                                means=head_means(model, TOK, cases), run=Run(progress=False))
     assert list(auto.gold_logprob) == list(given.gold_logprob)
 
 

@@ -5,8 +5,10 @@ from transformers import AutoModelForCausalLM, OPTConfig
 
 from cna_utils.data.arithmetic import align, AlignmentError, arithmetic_dataset
 from cna_utils.measure.evaluate import accuracy
+from cna_utils.measure.importance import importance_scores, Solver
 from cna_utils.measure.interventions import ablate_heads
 from cna_utils.measure.sweep import head_sweep
+from cna_utils.model.forward import Run
 from cna_utils.measure.tracing import trace
 from cna_utils.model import forward
 from cna_utils.model.families import o_proj, spec, UnsupportedModelError
@@ -52,9 +54,9 @@ def test_empty_inputs():
     with pytest.raises(ValueError, match="no cases"):
         accuracy(model, TOK, [])
     with pytest.raises(ValueError, match="no cases"):
-        head_sweep(model, TOK, [], progress=False)
+        head_sweep(model, TOK, [], run=Run(progress=False))
     with pytest.raises(ValueError, match="heads is empty"):
-        head_sweep(model, TOK, random_cases(model, n=2), heads=[], progress=False)
+        head_sweep(model, TOK, random_cases(model, n=2), heads=[], run=Run(progress=False))
     with pytest.raises(ValueError, match="no prompts"):
         trace(model, TOK, [])
 
@@ -77,6 +79,14 @@ def test_unknown_op_template_profile_method():
     with pytest.raises(ValueError, match="head_means"):
         with ablate_heads(model, [(0, 0)], method="mean"):
             pass
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        head_sweep(model, TOK, random_cases(model, n=2), run=Run(progress=False, batch_size=0))
+    with pytest.raises(ValueError, match="'auto', 'series'"):
+        Solver("exact")
+    with pytest.raises(ValueError, match="even number"):
+        Solver("series", order=7)
+    with pytest.raises(ValueError, match="'auto', 'series'"):
+        importance_scores(model, trace(model, TOK, [[1, 2]]), [3], solver="exact")
 
 
 def test_unaligned_case_is_refused():

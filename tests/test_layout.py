@@ -11,6 +11,7 @@ import torch
 import cna_utils as cu
 from cna_utils.measure import lora
 from cna_utils.measure.attribution import attribution_patching_cases
+from cna_utils.model.forward import Run
 from cna_utils.measure.compare import compare, Comparison, Scoring
 from cna_utils.measure.interventions import (ablate_heads, Ablation, ablation, ABLATIONS, head_means,
                                              register_ablation)
@@ -77,14 +78,6 @@ def _params(fn) -> int:
     return len([x for x in names if x not in ("self", "cls")])
 
 
-# Functions that still take more than 8 parameters: each is to take its options as one dataclass, as
-# lora.train_lora (LoraHParams) and compare (Scoring) do. The list can only shrink.
-WIDE = {"data/arithmetic.py:arithmetic_dataset", "measure/attribution.py:attribution_patching_cases",
-        "measure/circuits.py:hidden_interpretable", "measure/circuits.py:transfer_scores",
-        "measure/importance.py:importance_scores",
-        "measure/sweep.py:head_sweep_cases", "paper/heads.py:screen_and_confirm", "paper/neurons.py:hidden_vectors"}
-
-
 def test_functions_are_short_and_take_few_parameters():
     long, wide = [], set()
     for p in MODULES:
@@ -96,8 +89,8 @@ def test_functions_are_short_and_take_few_parameters():
                 if _params(n) > 8:
                     wide.add(where)
     assert long == []
-    assert wide <= WIDE, f"more than 8 parameters: {sorted(wide - WIDE)}"
-    assert WIDE <= wide, f"no longer wide, take them off the list: {sorted(WIDE - wide)}"
+    # a function that needs more takes its options as one dataclass (Run, Solver, Screen, LoraHParams, ...)
+    assert wide == set(), f"more than 8 parameters: {sorted(wide)}"
 
 
 # --- names ---------------------------------------------------------------------------------------
@@ -161,11 +154,11 @@ def test_a_new_ablation_kind_is_one_class_and_every_head_method_can_use_it():
             zeroed = last_logits(model, TOK, cases)
         plain = last_logits(model, TOK, cases)
         assert not torch.allclose(halved, zeroed) and not torch.allclose(halved, plain)
-        sweep = head_sweep_cases(model, TOK, cases, heads=["1_1"], method="halve-for-test", progress=False)
-        zero = head_sweep_cases(model, TOK, cases, heads=["1_1"], progress=False)
+        sweep = head_sweep_cases(model, TOK, cases, heads=["1_1"], method="halve-for-test", run=Run(progress=False))
+        zero = head_sweep_cases(model, TOK, cases, heads=["1_1"], run=Run(progress=False))
         assert not sweep.equals(zero)
         with pytest.raises(ValueError, match="must be 'zero' or 'mean', not 'halve-for-test'"):
-            attribution_patching_cases(model, TOK, cases, heads=["1_1"], ablation="halve-for-test", progress=False)
+            attribution_patching_cases(model, TOK, cases, heads=["1_1"], ablation="halve-for-test", run=Run(progress=False))
     finally:
         ABLATIONS.pop("halve-for-test")
     with pytest.raises(ValueError, match="unknown ablation method 'halve-for-test'"):

@@ -10,12 +10,13 @@ from cna_utils.measure.circuits import (attn_norm_linear, hidden_interpretable, 
                                         ov_transform, pe_dag_edges, transfer_scores)
 from cna_utils.measure.evaluate import accuracy
 from cna_utils.measure.interventions import ablate_heads, mask_neurons
-from cna_utils.measure.importance import cna, importance_scores, top_neurons
+from cna_utils.measure.importance import cna, importance_scores, Solver, top_neurons
 from cna_utils.measure.neurons import coef_decrease, neuron_effects, run_masked
 from cna_utils.measure.names import parse_neurons
 from cna_utils.measure.tracing import frozen_logits, trace
 from cna_utils.measure.vocab import count_concepts, vocab_logits, vocab_projection
 from cna_utils.model.families import ffn_keys, ffn_values, final_norm, spec, unembed
+from cna_utils.model.forward import Run
 
 from conftest import PadTokenizer, make_model, random_cases
 
@@ -47,7 +48,7 @@ def test_importance_scores_equal_the_definition(tiny):
     cases = random_cases(model, n=3)
     targets = [c.answer_ids[0] for c in cases]
     tr = _trace(model, cases)
-    fast = importance_scores(model, tr, targets, chunk=7)          # a chunk that does not divide d_mlp
+    fast = importance_scores(model, tr, targets, solver=Solver("lse", chunk=7))          # a chunk that does not divide d_mlp
     ref = _straightforward_importance(model, tr, targets)
     torch.testing.assert_close(fast, ref, atol=2e-5, rtol=1e-4)
     assert fast.abs().max() > 1e-3                                    # not trivially zero
@@ -58,9 +59,9 @@ def test_series_scores_equal_the_log_sum_exp_on_every_family(tiny):
     cases = random_cases(model, n=4)
     targets = [c.answer_ids[0] for c in cases]
     tr = _trace(model, cases)
-    lse = importance_scores(model, tr, targets, method="lse")
+    lse = importance_scores(model, tr, targets, solver="lse")
     st = {}
-    series = importance_scores(model, tr, targets, method="series", stats=st)
+    series = importance_scores(model, tr, targets, solver="series", stats=st)
     torch.testing.assert_close(series, lse, atol=2e-6, rtol=1e-5)
     assert st["scores"] == lse.numel() and st["exact_neurons"] < st["scores"]   # the series did the work
     st = {}
@@ -71,7 +72,7 @@ def test_series_scores_equal_the_log_sum_exp_on_every_family(tiny):
     assert st["exact_neurons"] == st["scores"]
     torch.testing.assert_close(one, lse[:2], atol=1e-6, rtol=1e-5)
     st = {}
-    none = importance_scores(model, tr, targets, method="series", tol=0.0, stats=st)   # no bound <= 0: all by definition
+    none = importance_scores(model, tr, targets, solver=Solver("series", tol=0.0), stats=st)   # no bound <= 0: all by definition
     assert st["exact_neurons"] == st["scores"]
     torch.testing.assert_close(none, lse, atol=1e-6, rtol=1e-6)
 
@@ -120,10 +121,10 @@ def test_one_prompt_with_many_targets_equals_each_case_scored_alone(tiny, method
     targets = [c1.answer_ids[0], 3 % V, 11 % V, c2.answer_ids[0]]
     tr = trace(model, TOK, prompts)
     st = {}
-    shared = importance_scores(model, tr, targets, method=method, stats=st)
+    shared = importance_scores(model, tr, targets, solver=method, stats=st)
     assert st["scores"] == shared.numel()
     for b, (pr, w) in enumerate(zip(prompts, targets)):
-        alone = importance_scores(model, trace(model, TOK, [pr]), [w], method=method)
+        alone = importance_scores(model, trace(model, TOK, [pr]), [w], solver=method)
         torch.testing.assert_close(shared[b], alone[0], atol=2e-6, rtol=1e-5)
     assert (shared[0] - shared[1]).abs().max() > 1e-4                   # different targets, different scores
 
@@ -382,7 +383,7 @@ def test_transfer_scores_follow_the_stated_path():
     -> the head's OV (last position's norm) -> dot with the root's up + gate keys."""
     model = make_model("llama-gqa")                      # 3 layers: FFN 0 -> attention 1 -> head 2_1 -> root 2_5
     case = random_cases(model, n=1, prompt_len=(5, 5))[0]
-    ts = transfer_scores(model, TOK, case, "2_1", "2_5", positions=[1, 3], ffn_layers=[0], attn_layers=[1], top=5)
+    ts = transfer_scores(model, TOK, case, "2_1", "2_5", positions=[1, 3], layers=([0], [1]), top=5)
     tr = trace(model, TOK, [case], positions="all", keep=("resid_in", "coef"))
     key = sum(w[5] for w in ffn_keys(model, 2).values()).detach()
     s_head = tracing.norm_stats(model, tr.resid_in[0, -1, 2])[0]
@@ -402,11 +403,11 @@ def test_hidden_vectors_read_the_vectors_of_the_path():
     from cna_utils.paper.neurons import hidden_vectors
     model = make_model("llama-gqa")
     case = random_cases(model, n=1, prompt_len=(5, 5))[0]
-    ts = transfer_scores(model, TOK, case, "2_1", "2_5", positions=[1, 3], ffn_layers=[0], attn_layers=[1], top=5)
+    ts = transfer_scores(model, TOK, case, "2_1", "2_5", positions=[1, 3], layers=([0], [1]), top=5)
     vocab = unembed(model).weight.shape[0]
     mask = torch.zeros(vocab, dtype=torch.bool)
     mask[torch.randperm(vocab, generator=torch.Generator().manual_seed(0))[:vocab // 3]] = True
-    hv = hidden_vectors(model, TOK, case, ts, [1, 3], mask, per_position=2, show=3, count_top=5)
+    hv = hidden_vectors(model, TOK, case, ts, mask, per_position=2, show=3, count_top=5)
     n_neurons = sum(min(2, int(((ts.layer >= 0) & (ts.position == p)).sum())) for p in (1, 3))
     assert len(hv) == n_neurons + 2 and hv.index.str.startswith("embedding@").sum() == 2
     tr = trace(model, TOK, [case], positions="all", keep=("resid_in", "coef"))
@@ -476,12 +477,12 @@ def test_hidden_interpretable_cache_is_keyed_by_the_weights(tmp_path):
     model = make_model("qwen2")
     mask = torch.zeros(spec(model).vocab_size, dtype=torch.bool)
     mask[::4] = True
-    first = hidden_interpretable(model, mask, [0], [0, 1], k=8, cache_dir=tmp_path)
+    first = hidden_interpretable(model, mask, [0], [0, 1], k=8, run=Run(tmp_path))
     assert len(list(tmp_path.glob("hidden-*.pkl"))) == 1
-    pd.testing.assert_frame_equal(hidden_interpretable(model, mask, [0], [0, 1], k=8, cache_dir=tmp_path), first)
+    pd.testing.assert_frame_equal(hidden_interpretable(model, mask, [0], [0, 1], k=8, run=Run(tmp_path)), first)
     with torch.no_grad():
         ffn_values(model, 0).neg_()
-    hidden_interpretable(model, mask, [0], [0, 1], k=8, cache_dir=tmp_path)
+    hidden_interpretable(model, mask, [0], [0, 1], k=8, run=Run(tmp_path))
     assert len(list(tmp_path.glob("hidden-*.pkl"))) == 2
 
 

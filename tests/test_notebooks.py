@@ -24,6 +24,16 @@ def test_committed_without_outputs(nb):
     assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in code), "no papermill parameters cell"
 
 
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_cells_narrate_and_call(nb):
+    """A code cell holds at most 15 lines (an exercise's solution apart): the logic lives in the
+    library, where the tests cover it, and a cell calls it and shows the result."""
+    cells = json.loads(nb.read_text())["cells"]
+    long = [(i, len(c["source"])) for i, c in enumerate(cells) if c["cell_type"] == "code"
+            and len("".join(c["source"]).splitlines()) > 15 and "BEGIN SOLUTION" not in "".join(c["source"])]
+    assert long == [], f"cells over 15 lines (index, lines): {long}"
+
+
 @pytest.fixture(scope="module")
 def smoke_book(tmp_path_factory):
     """Copy the book sources, execute every notebook with PROFILE=smoke, build the HTML."""

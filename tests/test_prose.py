@@ -27,3 +27,24 @@ def test_dag_average_follows_table_6():
     assert "above the paper's 1.3%" in above and "does not make a large average" not in above
     assert "below the paper's 15.8%" in below and "does not make a large average" in below
     assert "includes the paper's 15.8%" in inside
+
+
+def test_embedding_notes_follow_the_model():
+    tied = prose.embedding_notes("M", tied=True, bos=True)
+    untied = prose.embedding_notes("M", tied=False, bos=False)
+    assert "ties its input and output" in tied and "sink" not in tied
+    assert "separate input and output" in untied and "attention sink" in untied
+
+
+def test_logic_chain_has_no_empty_stage():
+    import pandas as pd
+    from types import SimpleNamespace
+    case = SimpleNamespace(prompt="3 + 5 =", answer="8")
+    found = pd.DataFrame({"operand": ["3", "5"], "attn_layer": [4, 2]}, index=["1_7", "0_9"])
+    full = dict(prose.chain_stages(case, [1, 3], found, "16_8", 40.0, "23_418", ["23_418: 8"], 0.9))
+    none = dict(prose.chain_stages(case, [1, 3], found.head(0), "16_8", -5.0, "23_418", ["23_418: 8"], 0.9))
+    assert "1_7 (3)" in full["feature enhancing"] and "2, 4" in full["feature transferring"]
+    assert "raises" in full["feature predicting"] and "-40%" in full["feature predicting"]
+    assert "none on a path" in none["feature enhancing"] and "no attention layer" in none["feature transferring"]
+    assert "lowers" in none["feature predicting"] and "+5%" in none["feature predicting"]
+    assert all(text.split(":")[-1].strip() for text in full.values()) and all(none.values())

@@ -9,6 +9,7 @@ from cna_utils.data.arithmetic import answer_separator, arithmetic_dataset
 from cna_utils.measure.evaluate import accuracy
 from cna_utils.measure.interventions import ablate_heads
 from cna_utils.measure.importance import importance_scores
+from cna_utils.model.forward import Run
 from cna_utils.measure.neurons import single_token
 from cna_utils.measure.sweep import head_sweep_cases
 from cna_utils.measure.tracing import frozen_logits, trace
@@ -66,7 +67,7 @@ def test_frozen_norm_logits_and_sweep_on_real_model(real):
     torch.testing.assert_close(frozen_logits(model, tr.resid_out[:, -1], tr.norm_scale, tr.norm_mean), tr.logits,
                                atol=1e-3, rtol=1e-4)
     heads = [(0, s.n_heads - 1), (s.n_layers // 2, 2), (s.n_layers - 1, 0)]
-    sw = head_sweep_cases(model, tok, cases, heads=heads, progress=False)
+    sw = head_sweep_cases(model, tok, cases, heads=heads, run=Run(progress=False))
     for l, h in heads:
         with ablate_heads(model, [(l, h)]):
             ref = accuracy(model, tok, cases)

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, replace
 
 from num2words import num2words
 
-__all__ = ["Operation", "OPERATIONS", "Case", "AlignmentError", "TEMPLATES", "TABLE14", "OPS", "answer_separator",
+__all__ = ["Operation", "OPERATIONS", "Case", "Arithmetic", "AlignmentError", "TEMPLATES", "TABLE14", "OPS", "answer_separator",
            "arithmetic_dataset", "align", "digit_kinds", "digit_cases", "number_word"]
 
 @dataclass(frozen=True)
@@ -180,47 +180,65 @@ def _parse_selection(value, allowed, what: str, default=None):
     return items
 
 
-def arithmetic_dataset(ops="+-*/", digits=(1, 2), templates="all", words: bool = True, n: int | None = None,
-                       seed: int = 0, negative: bool = False, tokenizer=None, answers: str = "same") -> list[Case]:
-    """The paper's arithmetic prompts.
+@dataclass(frozen=True)
+class Arithmetic:
+    """Which of the paper's arithmetic prompts to make (``arithmetic_dataset`` takes the same fields).
 
     ``ops``: any of "+-*/"; ``digits``: operand digit counts (1, 2, 3); ``templates``: "all" (Table
     14's four) or template numbers 1-5 (5: the authors' code prompt ``"3+5="``); ``words``: also
     write every pair with number words; ``answers``: "same" (a word prompt's answer in words) or
-    "number" (every answer a numeral);
-    ``n``: operand pairs per (op, digits), ``None`` = all pairs; ``negative``: allow a < b in
-    subtraction. With ``tokenizer`` the cases come back aligned (see ``align``).
+    "number" (every answer a numeral); ``n``: operand pairs per (op, digits), ``None`` = all pairs,
+    drawn with ``seed``; ``negative``: allow a < b in subtraction.
 
     Size: len(ops) x len(digits) x n x len(templates) x (2 if words else 1). The paper's 2-digit
-    set (1,600 sentences) is ``arithmetic_dataset(digits=(2,), n=50)``.
+    set (1,600 sentences) is ``Arithmetic(digits=(2,), n=50)``.
     """
-    ops_l = _parse_selection(list(ops) if isinstance(ops, str) else ops, list(OPS), "op")
-    digits_l = _parse_selection(digits, [1, 2, 3, 4], "digit count")
-    tmpl_l = _parse_selection(templates, [1, 2, 3, 4, 5], "template", default=TABLE14)
-    if answers not in ("same", "number"):
-        raise ValueError(f"answers must be 'same' (written like the operands) or 'number' (numerals), got {answers!r}")
-    if n is not None and n < 1:
-        raise ValueError(f"n must be a positive number of operand pairs (or None for all), got {n!r}")
-    forms = FORMS if words else FORMS[:1]
-    rng = random.Random(seed)
-    cases = []
-    for op in ops_l:
-        for d in digits_l:
-            pairs = _pairs(op, d, negative)
-            if n is not None and n < len(pairs):
-                pairs = rng.sample(pairs, n)
-            for a, b in pairs:
-                res = _result(op, a, b)
-                for t in tmpl_l:
-                    for form in forms:
-                        show = str if form == "number" else number_word
-                        answer_form = "number" if answers == "number" else form
-                        answer = str(res) if answer_form == "number" else number_word(res)
-                        cases.append(Case(TEMPLATES[op][t - 1].format(n1=show(a), n2=show(b)), answer, op, d, t,
-                                          form, a, b, res, answer_form=answer_form))
-    if tokenizer is not None:
-        cases = align(cases, tokenizer)
-    return cases
+    ops: str | tuple = "+-*/"
+    digits: tuple | int = (1, 2)
+    templates: str | tuple | int = "all"
+    words: bool = True
+    n: int | None = None
+    seed: int = 0
+    negative: bool = False
+    answers: str = "same"
+
+    def cases(self, tokenizer=None) -> list[Case]:
+        """The prompts; with ``tokenizer`` they come back aligned (see ``align``)."""
+        ops_l = _parse_selection(list(self.ops) if isinstance(self.ops, str) else self.ops, list(OPS), "op")
+        digits_l = _parse_selection(self.digits, [1, 2, 3, 4], "digit count")
+        tmpl_l = _parse_selection(self.templates, [1, 2, 3, 4, 5], "template", default=TABLE14)
+        if self.answers not in ("same", "number"):
+            raise ValueError(f"answers must be 'same' (written like the operands) or 'number' (numerals), "
+                             f"got {self.answers!r}")
+        if self.n is not None and self.n < 1:
+            raise ValueError(f"n must be a positive number of operand pairs (or None for all), got {self.n!r}")
+        forms = FORMS if self.words else FORMS[:1]
+        rng = random.Random(self.seed)
+        cases = []
+        for op in ops_l:
+            for d in digits_l:
+                pairs = _pairs(op, d, self.negative)
+                if self.n is not None and self.n < len(pairs):
+                    pairs = rng.sample(pairs, self.n)
+                for a, b in pairs:
+                    cases += [self._case(op, d, t, form, a, b) for t in tmpl_l for form in forms]
+        return align(cases, tokenizer) if tokenizer is not None else cases
+
+    def _case(self, op, d, t, form, a, b) -> Case:
+        res = _result(op, a, b)
+        show = str if form == "number" else number_word
+        answer_form = "number" if self.answers == "number" else form
+        answer = str(res) if answer_form == "number" else number_word(res)
+        return Case(TEMPLATES[op][t - 1].format(n1=show(a), n2=show(b)), answer, op, d, t, form, a, b, res,
+                    answer_form=answer_form)
+
+
+def arithmetic_dataset(tokenizer=None, **fields) -> list[Case]:
+    """The paper's arithmetic prompts: ``Arithmetic(**fields).cases(tokenizer)`` (the fields: ops,
+    digits, templates, words, n, seed, negative, answers; see ``Arithmetic``). With ``tokenizer``
+    the cases come back aligned (see ``align``). The paper's 2-digit set (1,600 sentences) is
+    ``arithmetic_dataset(digits=(2,), n=50)``."""
+    return Arithmetic(**fields).cases(tokenizer)
 
 
 def _token_kinds(case: Case, tokenizer, answer_ids) -> tuple[str, ...]:

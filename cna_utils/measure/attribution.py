@@ -35,7 +35,6 @@ only to choose which heads to run exactly (``paper.heads.candidate_heads``).
 """
 from __future__ import annotations
 
-import os
 
 import pandas as pd
 import torch
@@ -44,15 +43,17 @@ from tqdm import tqdm
 from cna_utils.store.cache import artefact_path, save_atomic
 from cna_utils.measure.evaluate import summarize
 from cna_utils.model.families import centred, final_norm, layers, o_proj, spec, unembed, weight_out_in
-from cna_utils.model.forward import answer_logits, encode, length_batches, model_device
+from cna_utils.model.forward import answer_logits, encode, length_batches, model_device, Run
 from cna_utils.model.hooks import attached, capture_input, layer_input, post, pre, pre_kwargs
 from cna_utils.measure.interventions import Mean, Zero, ablation as ablation_kind
 from cna_utils.measure.sweep import per_head_frame, sweep_inputs
 from cna_utils.measure.tracing import norm_stats
 
-__all__ = ["attribution_patching", "attribution_patching_cases", "merge_exact", "METHODS", "ESTIMATES"]
+__all__ = ["attribution_patching", "attribution_patching_cases", "merge_exact", "METHODS", "ESTIMATES", "ATP_RUN"]
 
 METHODS = ("atp", "atp*")
+# The estimate's packing when a ``Run`` leaves it open (its cache key holds the batch size).
+ATP_RUN = dict(batch_size=16, rows_per_forward=128)
 ESTIMATES = ("dla", "graddrop")          # columns beyond head_sweep's that the summary averages
 
 
@@ -66,18 +67,19 @@ def attribution_patching(model, tokenizer, cases, heads=None, by=("op",), **opti
 
 
 def attribution_patching_cases(model, tokenizer, cases, heads=None, method: str = "atp", ablation: str = "zero",
-                               means: torch.Tensor | None = None, batch_size: int = 16, rows_per_forward: int = 128,
-                               cache_dir: str | os.PathLike | None = None, progress: bool = True) -> pd.DataFrame:
+                               means: torch.Tensor | None = None, run: Run = Run()) -> pd.DataFrame:
     """The estimate's long frame: one row per (layer, head, case) with the case's fields,
     ``gold_logprob``, ``margin`` and ``first_correct`` (= margin > 0; estimated with the head
     ablated) and their ``base_`` values (exact, the unablated model), ``dla`` and, for
     ``method="atp*"``, ``graddrop``.
 
     ``ablation``: "zero" (the paper's) or "mean" (``means`` from ``head_means``, or the means over
-    ``cases`` when None). ``batch_size`` cases per forward; with atp* the batch is repeated once per
-    later layer, at most ``rows_per_forward`` rows per forward (the numbers do not depend on either).
-    ``cache_dir``: every finished batch is saved there (keyed on the weights, cases, heads and
-    method), so an interrupted run resumes where it stopped."""
+    ``cases`` when None). ``run`` (defaults ``ATP_RUN``): ``batch_size`` cases per forward; with atp*
+    the batch is repeated once per later layer, at most ``rows_per_forward`` rows per forward (the
+    numbers do not depend on either); ``cache_dir``: every finished batch is saved there (keyed on
+    the weights, cases, heads and method), so an interrupted run resumes where it stopped."""
+    run = run.filled(**ATP_RUN)
+    batch_size, rows_per_forward, cache_dir = run.batch_size, run.rows_per_forward, run.cache_dir
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: use 'atp' (attribution patching) or 'atp*' (with GradDrop)")
     if type(ablation_kind(ablation)) not in (Zero, Mean):
@@ -100,7 +102,7 @@ def attribution_patching_cases(model, tokenizer, cases, heads=None, method: str 
         saved = torch.load(path)
         done, out, base = set(saved["done"]), saved["out"], saved["base"]
     bar = tqdm(total=len(chunks), initial=len(done), desc=f"attribution patching ({method}, batches)",
-               disable=not progress, mininterval=10)
+               disable=not run.progress, mininterval=10)
     for j, idx in enumerate(chunks):
         if j in done:
             continue

@@ -6,6 +6,7 @@ Usage::
     ov_transform(model, 15, v, per_head=True)    # [..., H, d]: one transform per head (GQA-expanded)
     pe_dag_edges(model, ["23_418", "27_91"], coefs)   # value(lower) . key(upper) for every ordered pair
     hidden_interpretable(model, mask, ffn_layers=range(15), attn_layers=range(16))   # Table 8 search
+    transfer_scores(model, tok, case, "16_8", "23_418", positions, (range(15), range(16)))   # Table 7's path
 
 Value-output transform. Attention head h of layer l moves a normed source vector x to
 ``W_O^h W_V^h x``, weighted by its attention probability. Ignoring the attention pattern (or
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from cna_utils.measure.names import neuron_name, parse_heads, parse_neurons
 from cna_utils.measure.tracing import trace
 from cna_utils.measure.vocab import count_concepts
+from cna_utils.model.forward import Run
 from cna_utils.model.families import (centred, check_layer, ffn_keys, ffn_values, final_norm, norm_stats,
                                       ov_weights, pre_attn_norm, spec, unembed)
 from cna_utils.store.cache import artefact_path, load_or_compute
@@ -146,7 +148,7 @@ def ov_factors(model, l: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def hidden_interpretable(model, mask: torch.Tensor, ffn_layers, attn_layers, k: int = 50, chunk: int = 1024,
-                         above_only: bool = False, progress: bool = False, cache_dir=None) -> pd.DataFrame:
+                         above_only: bool = False, run: Run = Run(progress=False)) -> pd.DataFrame:
     """The paper's zero-shot search (Section 4.4): every FFN value of ``ffn_layers`` is passed
     through the value-output map of every attention layer in ``attn_layers`` (all heads summed, as
     the authors' code does with ``o_proj(v_proj(.))``), projected to the vocabulary, and the concept
@@ -163,12 +165,13 @@ def hidden_interpretable(model, mask: torch.Tensor, ffn_layers, attn_layers, k: 
     attention layers), ``attn_layer`` (where it is reached), ``concepts_above`` (the largest count
     over the attention layers above the neuron only; -1 when there is none) and ``concepts_raw`` (the count for the
     untransformed value; computed only for neurons with ``concepts > 0``, the only ones a threshold
-    can select, and -1 for the others). With ``cache_dir`` the table is saved there and a later call
-    with the same weights, layers, k and concept mask loads it (it depends on no case)."""
-    path = artefact_path(cache_dir, "hidden", model, sorted(set(ffn_layers)), sorted(set(attn_layers)), k, above_only,
+    can select, and -1 for the others). With ``run.cache_dir`` the table is saved there and a later
+    call with the same weights, layers, k and concept mask loads it (it depends on no case);
+    ``run.progress``: a progress bar."""
+    path = artefact_path(run.cache_dir, "hidden", model, sorted(set(ffn_layers)), sorted(set(attn_layers)), k, above_only,
                          mask, suffix=".pkl")
     return load_or_compute(path, lambda: _hidden_interpretable(model, mask, ffn_layers, attn_layers, k, chunk,
-                                                               above_only, progress),
+                                                               above_only, run.progress),
                            save=lambda df, f: df.to_pickle(f), load=pd.read_pickle)
 
 
@@ -220,16 +223,18 @@ def _hidden_interpretable(model, mask, ffn_layers, attn_layers, k, chunk, above_
 
 
 @torch.no_grad()
-def transfer_scores(model, tokenizer, case, head, root, positions, ffn_layers, attn_layers, top: int = 20) -> pd.DataFrame:
+def transfer_scores(model, tokenizer, case, head, root, positions, layers, top: int = 20) -> pd.DataFrame:
     """Rank shallow FFN subvalues at the operand ``positions`` by how much they feed ``root``'s keys
     along the path of paper Section 4.4: written at position p by FFN layer l, moved to the last
     position by the value-output maps of an attention layer t (l < t, all heads summed, attention
     pattern ignored as in the authors' code), read there by ``head``'s value-output map, and dotted
     with the root neuron's keys (up + gate). Every norm on the path is linear with its scale frozen
-    at the real residual of its position.
+    at the real residual of its position. ``layers``: (FFN layers l, attention layers t) the path
+    may take.
 
     Returns the ``top`` rows by score (the best attention layer t per neuron and position), with
     the word embedding of each position scored the same way (``layer = -1``)."""
+    ffn_layers, attn_layers = layers
     (hl, hh), = parse_heads(model, [head])
     (rl, rk), = parse_neurons(model, [root])
     tr = trace(model, tokenizer, [case], positions="all", keep=("resid_in", "coef"))

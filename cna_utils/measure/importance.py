@@ -19,6 +19,8 @@ term: it is computed once per distinct input and each case adds its own target's
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 import torch
 from tqdm import tqdm
@@ -28,7 +30,7 @@ from cna_utils.model.forward import model_device
 from cna_utils.measure.names import neuron_name
 from cna_utils.measure.tracing import frozen_logits, Trace
 
-__all__ = ["importance_scores", "projection", "cna", "top_neurons", "SERIES_MIN_ROWS"]
+__all__ = ["importance_scores", "Solver", "projection", "cna", "top_neurons", "SERIES_MIN_ROWS"]
 
 # The series costs about ``order`` passes over the layer's [neurons, vocab] projection whatever the
 # number of cases; the definition costs one log-sum-exp over it per case. Measured on one layer of
@@ -116,14 +118,32 @@ def _same_inputs(tr: Trace, norm: Trace, layers) -> tuple[torch.Tensor, torch.Te
     return torch.tensor(reps, dtype=torch.long), torch.tensor([pos[r] for r in inverse], dtype=torch.long)
 
 
-def _checked(model, traces, target_ids, layers, method, order, shared_norm):
+@dataclass(frozen=True)
+class Solver:
+    """How ``importance_scores`` computes the exact scores (the numbers agree to float32 rounding
+    whichever is chosen): ``method`` "auto" | "series" | "lse" (see ``importance_scores``), the
+    series' largest ``order`` (even, 2-40: the error bound needs an even last term) and its bound
+    ``tol`` in nats, and ``chunk``, the neurons per log-sum-exp block (memory only)."""
+    method: str = "auto"
+    order: int = 12
+    tol: float = 1e-12
+    chunk: int = 32
+
+    def __post_init__(self):
+        if self.method not in ("auto", "series", "lse"):
+            raise ValueError(f"method must be 'auto', 'series' (moment series with a proven bound) or 'lse' (the "
+                             f"definition), got {self.method!r}")
+        if not (2 <= int(self.order) <= 40 and int(self.order) % 2 == 0):
+            raise ValueError(f"order must be an even number from 2 to 40 (the error bound needs an even last "
+                             f"term), got {self.order!r}")
+        if int(self.chunk) < 1:
+            raise ValueError(f"chunk must be positive, got {self.chunk!r}")
+
+
+def _checked(model, traces, target_ids, layers, solver, shared_norm):
     """``importance_scores``' arguments checked: (one target tensor per trace, the layers to score)."""
-    if method not in ("auto", "series", "lse"):
-        raise ValueError(f"method must be 'auto', 'series' (moment series with a proven bound) or 'lse' (the "
-                         f"definition), got {method!r}")
-    if not (2 <= int(order) <= 40 and int(order) % 2 == 0):
-        raise ValueError(f"order must be an even number from 2 to 40 (the error bound needs an even last term), "
-                         f"got {order!r}")
+    if not isinstance(solver, Solver):
+        raise TypeError(f"solver must be a Solver or a method name, got {solver!r}")
     if not traces:
         raise ValueError("no trace given")
     for tr in traces:
@@ -157,8 +177,8 @@ def _layer_scores(z0, a, PT, tg, group, how):
     """One layer's scores of every case and neuron, and how many were computed by the definition.
     ``group`` = ``_same_inputs``: cases with the same input (one prompt, several targets) share
     log S, computed once per distinct row with a zero gain; each case then adds its own gain.
-    ``how``: (method, series order, tolerance, lse chunk), as ``importance_scores`` takes them."""
-    method, order, tol, chunk = how
+    ``how``: the ``Solver``."""
+    method, order, tol, chunk = how.method, how.order, how.tol, how.chunk
     gain = a * PT[:, tg].t()                                    # [B, N] change of the target logit
     reps, inv = group
     shared = len(reps) < len(gain)
@@ -174,9 +194,8 @@ def _layer_scores(z0, a, PT, tg, group, how):
 
 
 @torch.no_grad()
-def importance_scores(model, trace: Trace | list[Trace], target_ids, layers=None, chunk: int = 32,
-                      shared_norm: bool = False, progress: bool = False, method: str = "auto",
-                      order: int = 12, tol: float = 1e-12, stats: dict | None = None):
+def importance_scores(model, trace: Trace | list[Trace], target_ids, layers=None, shared_norm: bool = False,
+                      progress: bool = False, solver: Solver | str = "auto", stats: dict | None = None):
     """Exact importance score of every FFN neuron at the last position (see the module docstring).
 
     ``trace``: a ``Trace`` with ``resid_mid`` and ``coef`` at the last position, or a list of traces
@@ -188,13 +207,14 @@ def importance_scores(model, trace: Trace | list[Trace], target_ids, layers=None
     scale, so neurons the intervention cannot reach compare exactly equal). By default each trace
     uses its own real final residual.
 
+    ``solver`` (a ``Solver`` or its method's name) says how the scores are computed.
     ``method="lse"`` computes the definition: one log-sum-exp over the vocabulary per (case,
     neuron). ``method="series"`` gets the same numbers without it: with p0 = softmax(z0)
     and d_v = a_k P_kv the logit change, ``score = a_k P_k,w - log S`` with
     ``S = sum_v p0_v exp(d_v) = 1 + sum_j a_k^j E_p0[P_k^j] / j!``. The series stops at an even
     order j: by Taylor's theorem the rest is at most ``e^D`` times the j-th term (``D = |a_k|
     max_v |P_kv|``; the j-th term is >= 0), which bounds the error of ``log S``; the series
-    continues until that bound is below ``tol`` nats (at most ``order`` terms). The moments
+    continues until that bound is below ``tol`` nats (at most ``order`` terms; both fields of ``Solver``). The moments
     ``E_p0[P_k^j]`` of all cases are matrix products with powers of the layer's projection, shared
     by all cases, and every score whose bound is still above ``tol`` is computed by the definition.
     The bound is on the truncation; the arithmetic is float32 (sums in float64), as exact as the
@@ -204,7 +224,8 @@ def importance_scores(model, trace: Trace | list[Trace], target_ids, layers=None
     distinct inputs and the definition otherwise (the series' cost barely falls with fewer cases).
     Returns ``[cases, layers, neurons]`` float32 (a list of them for a list of traces)."""
     traces = [trace] if isinstance(trace, Trace) else list(trace)
-    targets, sel = _checked(model, traces, target_ids, layers, method, order, shared_norm)
+    solver = Solver(solver) if isinstance(solver, str) else solver
+    targets, sel = _checked(model, traces, target_ids, layers, solver, shared_norm)
     dev = model_device(model)
     outs = [torch.zeros(len(tr.logits), len(sel), spec(model).d_mlp) for tr in traces]
     counts = {"exact_neurons": 0, "scores": 0}
@@ -217,7 +238,7 @@ def importance_scores(model, trace: Trace | list[Trace], target_ids, layers=None
             li = tr.layer_index(l)
             z0 = frozen_logits(model, tr.resid_mid[:, li].to(dev), sc, mu)    # [B, V]
             a = tr.coef[:, li].to(dev).float() / sc.unsqueeze(-1)             # [B, N]
-            sc_l, n_exact = _layer_scores(z0, a, PT, tgt.to(dev), groups[id(tr)], (method, int(order), tol, chunk))
+            sc_l, n_exact = _layer_scores(z0, a, PT, tgt.to(dev), groups[id(tr)], solver)
             out[:, j] = sc_l.cpu()
             counts["exact_neurons"] += n_exact
             counts["scores"] += sc_l.numel()

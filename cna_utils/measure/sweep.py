@@ -16,7 +16,6 @@ with a fingerprint of the weights, cases, method and means: a rerun loads it (in
 """
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,15 +26,17 @@ from tqdm import tqdm
 from cna_utils.data.arithmetic import align
 from cna_utils.measure.evaluate import summarize
 from cna_utils.model.families import layers, o_proj, spec
-from cna_utils.model.forward import answer_logits, encode, length_batches, model_device, score
+from cna_utils.model.forward import answer_logits, encode, length_batches, model_device, Run, score
 from cna_utils.measure.interventions import ablation, head_mask_hook, head_means
 from cna_utils.measure.names import parse_heads
 from cna_utils.model.hooks import attached, capture_input, pre
 from cna_utils.store.cache import artefact_key, save_atomic
 
-__all__ = ["head_sweep", "head_sweep_cases"]
+__all__ = ["head_sweep", "head_sweep_cases", "SWEEP_RUN"]
 
 SCORES = ("first_correct", "answer_correct", "gold_logprob")
+# The sweep's packing when a ``Run`` leaves it open.
+SWEEP_RUN = dict(batch_size=32, rows_per_forward=512, min_rows=64)
 
 
 def _fingerprint(model, cases, method, means) -> str:
@@ -58,26 +59,27 @@ def head_sweep(model, tokenizer, cases, heads=None, by=("op",), **options) -> pd
 
 @torch.no_grad()
 def head_sweep_cases(model, tokenizer, cases, heads=None, method: str = "zero", means: torch.Tensor | None = None,
-                     answer: str = "first", cache_dir: str | os.PathLike | None = None, batch_size: int = 32,
-                     rows_per_forward: int = 512, min_rows: int = 64, progress: bool = True) -> pd.DataFrame:
+                     answer: str = "first", run: Run = Run()) -> pd.DataFrame:
     """The sweep's long frame: one row per (layer, head, case) with the case's fields and, per
     score in ``SCORES``, its value with the head ablated and (``base_``) without.
 
     ``method="mean"`` uses ``means`` or, if None, the head means over ``cases`` themselves.
     ``answer="first"`` (default) feeds only the prompt and scores the first answer token (the
     paper's accuracy; multi-token answers cost nothing extra); ``answer="all"`` also feeds the
-    answer teacher-forced and adds ``answer_correct``. ``cache_dir``: see the module docstring.
-    ``batch_size``, ``rows_per_forward``, ``min_rows``: how cases and heads are packed into forwards
-    (the numbers do not depend on them)."""
+    answer teacher-forced and adds ``answer_correct``. ``run``: where finished layers are saved (see
+    the module docstring), the progress bar and how cases and heads are packed into forwards
+    (defaults ``SWEEP_RUN``; the numbers do not depend on it)."""
+    run = run.filled(**SWEEP_RUN)
+    cache_dir, rows_per_forward = run.cache_dir, run.rows_per_forward
     cases, heads, means = sweep_inputs(model, tokenizer, cases, heads, method, means, answer)
-    chunks = length_batches(cases, batch_size)
+    chunks = length_batches(cases, run.batch_size)
     kind = ablation(method)
     fp = _fingerprint(model, cases, kind.name, means) if cache_dir is not None else None
     results, kept, todo = _saved_layers(cache_dir, heads, fp)
     base, resid, batches = _baseline(model, tokenizer, cases, chunks, todo)
     widest = max(len(c) for c in chunks)
-    bar = tqdm(total=len(todo) * len(chunks), desc="head sweep (layer x batch)", disable=not progress, mininterval=10)
-    for group in _layer_groups(todo, widest, min_rows):
+    bar = tqdm(total=len(todo) * len(chunks), desc="head sweep (layer x batch)", disable=not run.progress, mininterval=10)
+    for group in _layer_groups(todo, widest, run.min_rows):
         ghead = [(l, h) for l in group for h in todo[l]]
         per_head = {lh: {k: torch.zeros_like(v) for k, v in base.items()} for lh in ghead}
         for idx, batch, store in zip(chunks, batches, resid):

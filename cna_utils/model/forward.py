@@ -14,8 +14,9 @@ predicts answer token j.
 from __future__ import annotations
 
 import copy
+import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -23,8 +24,37 @@ from torch import nn
 from cna_utils.model.hooks import attached, post
 from cna_utils.model.families import base_model, family, layers, submodule, unembed
 
-__all__ = ["Batch", "length_batches", "encode", "hidden_at_answers", "answer_logits", "score", "start_at_layer", "model_device",
+__all__ = ["Run", "Batch", "length_batches", "encode", "hidden_at_answers", "answer_logits", "score", "start_at_layer", "model_device",
            "answer_logprobs"]
+
+
+@dataclass(frozen=True)
+class Run:
+    """How a long measurement runs, never what it measures (its numbers do not depend on any field):
+    ``cache_dir`` (each finished unit is saved there and a rerun loads it), ``progress`` (a progress
+    bar), and how cases are packed into forwards: ``batch_size`` cases per forward,
+    ``rows_per_forward`` replica rows (cases x heads) per forward and ``min_rows`` (below it, the head
+    sweep lets consecutive layers share a forward; 0: never). A field left None takes the default of the
+    function it is given to (``filled``)."""
+    cache_dir: str | os.PathLike | None = None
+    progress: bool = True
+    batch_size: int | None = None
+    rows_per_forward: int | None = None
+    min_rows: int | None = None
+
+    def filled(self, **defaults) -> "Run":
+        """This run with its None packing fields set from ``defaults`` (and each checked positive)."""
+        run = replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+        for name, least in (("batch_size", 1), ("rows_per_forward", 1), ("min_rows", 0)):
+            v = getattr(run, name)
+            if v is not None and int(v) < least:
+                raise ValueError(f"Run.{name} must be at least {least} rows, got {v!r}")
+        return run
+
+    def at(self, sub: str | None) -> "Run":
+        """The same run with its cache in the subfolder ``sub`` of ``cache_dir`` (none without one)."""
+        return replace(self, cache_dir=None if self.cache_dir is None or sub is None else
+                       os.path.join(self.cache_dir, sub))
 
 
 def model_device(model) -> torch.device:

@@ -21,11 +21,12 @@ from cna_utils.measure.evaluate import accuracy, relative_decrease, summarize, t
 from cna_utils.measure.interventions import ablate_heads
 from cna_utils.measure.names import head_name
 from cna_utils.measure.sweep import head_sweep_cases
+from cna_utils.model.forward import Run
 from cna_utils.paper.numbers import paper_table
 
-__all__ = ["ranked_heads", "candidate_heads", "beyond_heads", "HeadSweeps", "screen_and_confirm", "estimate_vs_exact",
-           "head_value", "base_accuracy", "table_1", "table_2", "table_3", "tables_24_27", "paper_table_frame",
-           "side_by_side", "OP_NAMES"]
+__all__ = ["ranked_heads", "candidate_heads", "beyond_heads", "HeadSweeps", "Screen", "screen_and_confirm",
+           "estimate_vs_exact", "head_value", "base_accuracy", "table_1", "table_2", "table_3", "tables_24_27",
+           "paper_table_frame", "side_by_side", "OP_NAMES"]
 
 OP_NAMES = {s: o.paper for s, o in OPERATIONS.items()}          # Table 2's columns
 
@@ -111,42 +112,64 @@ class HeadSweeps:
         return list(dict.fromkeys(h for hs in self.confirmed.values() for h in hs))
 
 
-def screen_and_confirm(model, tokenizer, sets: dict, heads, screen: str | None = "atp", k: int = 2,
-                       limit: int | dict | None = None, beyond: float = 2.0, margin: float = 1.0, cache=None,
+@dataclass(frozen=True)
+class Screen:
+    """Chapter 1's rule for which heads the exact sweep confirms after an estimate of every head
+    (``candidate_heads``): the estimate's ``method`` ("atp", or "atp*" with GradDrop), each group's
+    top ``k`` heads, every head estimated beyond ``beyond - margin`` points on the first set's cases
+    (``margin``: the allowance for the estimate's error), at most ``limit`` heads (an int, or {set
+    name: int})."""
+    method: str = "atp"
+    k: int = 2
+    limit: int | dict | None = None
+    beyond: float = 2.0
+    margin: float = 1.0
+
+    def __post_init__(self):
+        if self.method not in ("atp", "atp*"):
+            raise ValueError(f"screen must be 'atp', 'atp*' or None (every head exactly), got {self.method!r}")
+
+    @classmethod
+    def from_profile(cls, p: dict) -> "Screen | None":
+        """The rule of a profile's chapter-1 parameters (``screen``, ``confirm_top``, ``confirm_max``,
+        ``screen_margin``); None when the profile sweeps every head exactly (``screen: null``)."""
+        if p["screen"] is None:
+            return None
+        return cls(p["screen"], k=p["confirm_top"], limit=p["confirm_max"], margin=p["screen_margin"])
+
+
+def screen_and_confirm(model, tokenizer, sets: dict, heads, screen: Screen | None = Screen(), run: Run = Run(),
                        **sweep) -> HeadSweeps:
     """Screen every head with an estimate, then sweep the heads it could not rule out exactly.
 
-    ``sets``: {name: (cases, by)}. The first is Table 1's: its confirmed heads are ``candidate_heads``
-    of its estimate (each ``by`` group's top ``k`` heads by estimated log-prob and accuracy drop, then
-    every head estimated beyond ``beyond - margin`` points on all its cases), at most ``limit`` (an
-    int, or {set name: int}). Every later set confirms the first set's exact top head of each group
-    (Table 2 reads the op's top head on the per-digit set) and its own estimate's candidates.
-    ``screen``: "atp" or "atp*" (``attribution_patching_cases`` of every head of ``heads`` on every
-    case), or None: every head exactly on every set. ``cache``: a folder for both (resumable);
-    ``sweep``: ``head_sweep_cases`` options."""
+    ``sets``: {name: (cases, by)}. The first is Table 1's: its confirmed heads are the ``screen``
+    rule's candidates on its estimate (``Screen``). Every later set confirms the first set's exact
+    top head of each group (Table 2 reads the op's top head on the per-digit set) and its own
+    estimate's candidates. ``screen``: the rule, its estimate ``attribution_patching_cases`` of
+    every head of ``heads`` on every case; None: every head exactly on every set. ``run``: the
+    exact sweeps' ``Run``; its ``cache_dir`` holds both stages (resumable). ``sweep``: the other
+    ``head_sweep_cases`` options (method, means, answer)."""
     t0 = time.time()
     out = HeadSweeps()
     names = [head_name(l, h) for l, h in heads]
-    if screen is not None and screen not in ("atp", "atp*"):
-        raise ValueError(f"screen must be 'atp', 'atp*' or None (every head exactly), got {screen!r}")
-    sub = lambda kind, name: None if cache is None else cache / f"{kind}_{name}"
     carry: list[str] = []
     for i, (name, (cases, by)) in enumerate(sets.items()):
         t = time.time()
         if screen is None:
             out.confirmed[name] = names
         else:
-            out.estimate[name] = attribution_patching_cases(model, tokenizer, cases, heads=heads, method=screen,
-                                                            cache_dir=sub("atp", name), progress=False)
+            out.estimate[name] = attribution_patching_cases(model, tokenizer, cases, heads=heads, method=screen.method,
+                                                            run=Run(run.at(f"atp_{name}").cache_dir, progress=False))
             est = summarize(out.estimate[name], by=by, keys=("layer", "head"))
-            cap = limit.get(name) if isinstance(limit, dict) else limit
-            own = candidate_heads((est, by), k=k, limit=cap, beyond=beyond if i == 0 else None, margin=margin)
+            cap = screen.limit.get(name) if isinstance(screen.limit, dict) else screen.limit
+            own = candidate_heads((est, by), k=screen.k, limit=cap, beyond=screen.beyond if i == 0 else None,
+                                  margin=screen.margin)
             out.confirmed[name] = carry + [h for h in own if h not in carry]
             if i == 0:
-                out.beyond_cut = [h for h in beyond_heads(est, beyond - margin, by) if h not in own]
+                out.beyond_cut = [h for h in beyond_heads(est, screen.beyond - screen.margin, by) if h not in own]
         out.seconds[f"screen_{name}"] = time.time() - t
         out.exact[name] = head_sweep_cases(model, tokenizer, cases, heads=out.confirmed[name],
-                                           cache_dir=sub("sweep", name), **sweep)
+                                           run=run.at(f"sweep_{name}"), **sweep)
         out.merged[name] = merge_exact(out.estimate[name], out.exact[name]) if screen else out.exact[name]
         if i == 0:
             first = summarize(out.exact[name], by=by, keys=("layer", "head"))

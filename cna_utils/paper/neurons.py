@@ -6,7 +6,7 @@ Usage::
 
     mask_keep(model, tok, cases, res)               # Table 5, per case and k
     lowest_neuron_effect(model, tok, cases, res)    # Table 6, per case and k
-    hidden_vectors(model, tok, case, transfer_scores(...), positions, concept_mask(tok))   # Table 7
+    hidden_vectors(model, tok, case, transfer_scores(...), concept_mask(tok))   # Table 7
 """
 from __future__ import annotations
 
@@ -110,18 +110,21 @@ def lowest_neuron_effect(model, tokenizer, cases, res: Comparison, ks=(99, 50, 3
     return pd.DataFrame(rows)
 
 
-def hidden_vectors(model, tokenizer, case, scores: pd.DataFrame, positions, mask: torch.Tensor,
-                   per_position: int = 2, show: int = 8, count_top: int = 50) -> pd.DataFrame:
+def hidden_vectors(model, tokenizer, case, scores: pd.DataFrame, mask: torch.Tensor, per_position: int = 2,
+                   show: int = 8, count_top: int = 50) -> pd.DataFrame:
     """Paper Table 7: from ``scores`` (``transfer_scores`` rows), the best ``per_position`` shallow
     subvalues m v and the word embedding at each operand position, each projected to the vocabulary
     as it is ("origin") and after the value-output transform of its attention layer ("attn
     transform", norm frozen at the real residual of the position): the top-``show`` tokens and the
     number of concept tokens (``mask``) among the top ``count_top``. One row per vector, indexed by
-    name, with its position and the operand it sits on."""
+    name, with its position and the operand it sits on (the positions are those ``scores`` holds,
+    in prompt order)."""
+    positions = sorted(int(p) for p in scores.position.unique())        # none when no path reaches the head
     ids = list(case.prompt_ids)
     resid = trace(model, tokenizer, [case], positions="all", keep=("resid_in",)).resid_in[0]   # [T, layers, d]
     pick = pd.concat([scores[(scores.layer >= 0) & (scores.position == p)].head(per_position) for p in positions] +
-                     [scores[(scores.layer < 0) & (scores.position == p)].head(1) for p in positions])
+                     [scores[(scores.layer < 0) & (scores.position == p)].head(1) for p in positions]) \
+        if positions else scores.head(0)
     pick["operand"] = [tokenizer.decode([ids[p]]).strip() for p in pick.position]
     vecs = []
     for r in pick.itertuples():

@@ -24,6 +24,7 @@ from cna_utils.data.arithmetic import arithmetic_dataset
 from cna_utils.measure.evaluate import accuracy
 from cna_utils.measure.interventions import ablate_heads
 from cna_utils.measure.names import head_name, parse_heads
+from cna_utils.model.forward import Run
 from cna_utils.measure.sweep import head_sweep
 from cna_utils.store.cache import artefact_path, load_or_compute
 from cna_utils.store.schema import field
@@ -66,7 +67,7 @@ def chapter1_head(results_dir, op: str = "+") -> tuple[str | None, str]:
 
 def top_head_by_sweep(model, tokenizer, cases, batch_size: int = 64) -> str:
     """The head whose zero ablation lowers log p(answer) most over ``cases`` (every head swept)."""
-    sw = head_sweep(model, tokenizer, cases, by="op", batch_size=batch_size, progress=False)
+    sw = head_sweep(model, tokenizer, cases, by="op", run=Run(batch_size=batch_size, progress=False))
     sw = sw[sw.op == "all"]
     return sw.loc[(sw.base_gold_logprob - sw.gold_logprob).idxmax(), "head"]
 

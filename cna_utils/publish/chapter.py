@@ -52,8 +52,11 @@ class Chapter:
                     seconds=round(self.elapsed(), 1), torch_threads=torch.get_num_threads())
 
     def save(self, name: str, results: dict) -> Path:
-        """``save_results`` with the run's facts (``run_info``) under the key "run"."""
-        return save_results(name, dict(results, run=self.run_info()), self.results_dir)
+        """``save_results`` with the run's facts (``run_info``) under the key "run"; says where the
+        file went and how long the chapter ran."""
+        path = save_results(name, dict(results, run=self.run_info()), self.results_dir)
+        print(f"wrote {path}; chapter ran in {self.elapsed():.0f} s")
+        return path
 
 
 def glue_all(values: dict) -> None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from cna_utils.measure.stats import Measure, proportion
 
-__all__ = ["compare", "accuracy_by_op", "depth_order", "dag_average", "trend_words"]
+__all__ = ["compare", "accuracy_by_op", "depth_order", "dag_average", "trend_words", "embedding_notes",
+           "chain_stages"]
 
 
 def compare(a: Measure, b: Measure, words=("below", "about level with", "above")) -> str:
@@ -67,3 +68,43 @@ def dag_average(mean99: Measure, paper99: float) -> str:
                 "are not fed by its root.")
     return (f"Over all cases the average is {mean99.value:.1f}% [{lo:.1f}, {hi:.1f}], which includes the paper's "
             f"{paper99:g}%.")
+
+
+def embedding_notes(label: str, tied: bool, bos: bool) -> str:
+    """Chapter 4: what the model's embeddings let Table 7 show. ``tied``: input and output embeddings
+    are one matrix; ``bos``: the tokenizer opens the prompt with a beginning-of-sequence token."""
+    if tied:
+        notes = [f"{label} ties its input and output embeddings, so a word embedding projected to the vocabulary is "
+                 "trivially its own token: word embeddings cannot be *hidden*-interpretable here (the \"origin\" "
+                 "column of the embedding rows reads the operand itself)."]
+    else:
+        notes = [f"{label} has separate input and output embeddings (as Llama-7B), so a word embedding's own "
+                 "projection need not read as its token."]
+    if not bos:
+        notes.append("Its tokenizer adds no beginning-of-sequence token, so the first token of the prompt is the "
+                     "position models use as an attention sink, where a few shallow neurons have very large "
+                     "coefficients; where that token is an operand they dominate a ranking by subvalue.")
+    return " ".join(notes)
+
+
+def chain_stages(case, operand_pos, shallow, head: str, drop10: float, root: str, deep: list[str],
+                 prob: float) -> list[tuple[str, str]]:
+    """Chapter 4's logic chain (the paper's Figure 1), one (stage, text) per box, from this run's
+    numbers: ``shallow`` (Table 7's neuron rows: index = name, columns operand and attn_layer),
+    ``drop10`` (% fall of the top-10 deep coefficients with ``head`` ablated), the PE-DAG ``root``
+    and the ``deep`` neurons' lines, ``prob`` of the answer. A stage with nothing found says so."""
+    if len(shallow):
+        enhancing = "shallow FFN:\n" + "\n".join(f"{n} ({r.operand})" for n, r in shallow.iterrows())
+        moving = ("attention layers\n" + ", ".join(str(int(x)) for x in sorted(set(shallow.attn_layer))) +
+                  "\nmove them to the\nlast position")
+    else:
+        enhancing = "shallow FFN:\nnone on a path\nto the head"
+        moving = f"no attention layer\nbelow head {head}"
+    verb = "lowers" if drop10 < 0 else "raises"
+    return [("input", f'"{case.prompt}"\noperands at\npositions {operand_pos}'),
+            ("feature enhancing", enhancing),
+            ("feature transferring", moving),
+            ("feature predicting", f"head {head}\n{verb} the deep\nneurons' coefficients\n"
+             f"(ablated: top-10\ncoef {-drop10:+.0f}%)"),
+            ("prediction enhancing", f"PE-DAG rooted at\n{root}\n" + "\n".join(deep)),
+            ("output", f'"{case.answer}"\np = {prob:.2f}')]
