@@ -111,6 +111,24 @@ def test_trace_runs_a_repeated_prompt_once_and_copies_its_rows(tiny):
     assert torch.equal(rep.norm_scale, both.norm_scale[[0, 1, 0, 0]])
 
 
+def test_trace_keeps_what_it_is_asked_in_a_fixed_axis_order():
+    model = make_model("llama-gqa")
+    s = spec(model)
+    prompts = [c.prompt_ids for c in random_cases(model, n=3)]
+    tr = trace(model, TOK, prompts, layers=[2, 0], keep=("coef", "head_in"))
+    assert tr.layers == [0, 2] and tuple(tr.coef.shape) == (3, 2, s.d_mlp)
+    assert tuple(tr.head_in.shape) == (3, 2, s.n_heads, s.head_dim) and tr.coef.dtype == torch.float32
+    with pytest.raises(AttributeError, match=r"no 'resid_mid'.*keep="):
+        tr.resid_mid
+    every = trace(model, TOK, prompts, positions="all", keep=("resid_out",))
+    assert tuple(every.resid_out.shape) == (3, max(map(len, prompts)), s.n_layers, s.d_model)
+    kept = trace(model, TOK, prompts, keep=("coef",), store="model")
+    assert kept.coef.device == next(model.parameters()).device
+    torch.testing.assert_close(kept.coef, trace(model, TOK, prompts, keep=("coef",)).coef.to(kept.coef.device))
+    with pytest.raises(ValueError, match="store must be 'cpu' or 'model'"):
+        trace(model, TOK, prompts, store="gpu")
+
+
 @pytest.mark.parametrize("method", ["series", "lse"])
 def test_one_prompt_with_many_targets_equals_each_case_scored_alone(tiny, method):
     """Cases that share their input share log S (computed once); each keeps its own target's gain."""

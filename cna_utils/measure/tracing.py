@@ -42,6 +42,9 @@ KEEP_ALL = ("resid_in", "attn_out", "head_in", "resid_mid", "coef", "ffn_out", "
 
 @dataclass
 class Trace:
+    """What ``trace`` captured. Axis order is fixed: batch, then (``positions="all"``) position,
+    then layer (``L`` = ``layers`` in order), then the quantity's own axes. Each quantity is a
+    property with its shape; one that was not kept raises an error that says how to keep it."""
     layers: list[int]
     positions: str
     lengths: torch.Tensor                 # [B] real tokens per prompt
@@ -50,11 +53,45 @@ class Trace:
     logits: torch.Tensor                  # [B, vocab] the model's logits at the last position
     tensors: dict = field(default_factory=dict)
 
-    def __getattr__(self, name):
-        tensors = self.__dict__.get("tensors", {})
-        if name in tensors:
-            return tensors[name]
-        raise AttributeError(f"Trace has no {name!r}; captured: {sorted(tensors)} (pass keep=... to trace)")
+    def _get(self, name: str) -> torch.Tensor:
+        if name in self.tensors:
+            return self.tensors[name]
+        raise AttributeError(f"Trace has no {name!r}; captured: {sorted(self.tensors)} (pass keep=... to trace)")
+
+    @property
+    def resid_in(self) -> torch.Tensor:
+        """x^{l-1}, the layer input: [B, L, d] ("last") or [B, T, L, d] ("all")."""
+        return self._get("resid_in")
+
+    @property
+    def attn_out(self) -> torch.Tensor:
+        """A^l, the attention output: [B, L, d] or [B, T, L, d]."""
+        return self._get("attn_out")
+
+    @property
+    def head_in(self) -> torch.Tensor:
+        """Each head's o_proj input: [B, L, H, head_dim] or [B, T, L, H, head_dim]."""
+        return self._get("head_in")
+
+    @property
+    def resid_mid(self) -> torch.Tensor:
+        """r^l = x^{l-1} + A^l: [B, L, d] or [B, T, L, d]."""
+        return self._get("resid_mid")
+
+    @property
+    def coef(self) -> torch.Tensor:
+        """m^l, the coefficient scores (down_proj's input): [B, L, d_mlp] or [B, T, L, d_mlp]."""
+        return self._get("coef")
+
+    @property
+    def ffn_out(self) -> torch.Tensor:
+        """F^l, the FFN output: [B, L, d] or [B, T, L, d]."""
+        return self._get("ffn_out")
+
+    @property
+    def resid_out(self) -> torch.Tensor:
+        """x^l, the layer output: [B, L, d] or [B, T, L, d]."""
+        return self._get("resid_out")
 
     def rows(self, index) -> "Trace":
         """The trace of the cases at ``index`` (a list or 1-D tensor of row numbers, repeats allowed)."""
@@ -110,21 +147,22 @@ def _token_ids(tokenizer, prompts) -> list[list[int]]:
     return seqs
 
 
-def _capture(model, batch, sel, keep, positions):
-    """One forward of ``batch`` with every quantity of ``keep`` captured at ``sel``'s layers:
-    ({quantity: [B, L, ...] or [B, T, L, ...]}, last-position logits [B, vocab], final-norm input)."""
+def _capture(model, batch, sel, keep, positions, to):
+    """One forward of ``batch`` with every quantity of ``keep`` captured at ``sel``'s layers, moved
+    to the device ``to``: ({quantity: [B, L, ...] or [B, T, L, ...]}, last-position logits [B,
+    vocab], final-norm input)."""
     s = spec(model)
     T = batch.input_ids.shape[1]
     lens = batch.attention_mask.bool().sum(-1)
 
     def select(x):            # [B, T, ...] left-padded -> [B, ...] last or [B, T, ...] right-padded
         if positions == "last":
-            return x[:, -1].float().cpu()
+            return x[:, -1].float().to(to)
         y = torch.zeros_like(x, dtype=torch.float32)
         for b in range(x.shape[0]):
             n = int(lens[b])
             y[b, :n] = x[b, T - n:].float()
-        return y.cpu()
+        return y.to(to)
 
     cap: dict[tuple[str, int], torch.Tensor] = {}
     raw = {q for k in keep for q in NEEDS[k]}             # hook only what ``keep`` reads
@@ -136,7 +174,7 @@ def _capture(model, batch, sel, keep, positions):
     inputs[("final_in", -1)] = final_norm(model)
     outputs = {(q, l): where_out[q](l) for q in where_out if q in raw for l in sel}
     with attached(capture_input(inputs, cap, select) + capture_output(outputs, cap, select)):
-        logit = answer_logits(model, batch)[:, -1].float().cpu()
+        logit = answer_logits(model, batch)[:, -1].float().to(to)
     vals = {}
     for k in keep:
         if k == "resid_mid":
@@ -163,19 +201,23 @@ def last_logits(model, tokenizer, prompts, batch_size: int = 64) -> torch.Tensor
 
 @torch.no_grad()
 def trace(model, tokenizer, prompts, positions: str = "last", layers=None, keep=KEEP_ALL,
-          batch_size: int = 64, device=None) -> Trace:
+          batch_size: int = 64, store: str = "cpu") -> Trace:
     """Run the model once over ``prompts`` (strings, aligned ``Case`` objects -- their prompt ids
     are used -- or token-id lists) and capture the quantities listed in the module docstring.
 
     ``positions``: "last" (the last real token; memory O(B x L)) or "all". ``layers``: which
     layers to keep (default all). ``keep``: which quantities (default all of ``KEEP_ALL``); only the
     modules they are read from are hooked (``last_logits`` for the logits alone).
-    Tensors are returned on the CPU in float32. Prompts with the same token ids run once and share
+    Tensors are float32, on the CPU (``store="cpu"``, the default: a GPU's memory stays free for
+    the next forward) or left on the model's device (``store="model"``: no copies, for scoring on
+    the GPU). Prompts with the same token ids run once and share
     their rows (bit for bit): chapter 7 asks one prompt for 32 professions."""
     if positions not in ("last", "all"):
         raise ValueError(f"positions must be 'last' or 'all', got {positions!r}")
     if len(prompts) == 0:
         raise ValueError("no prompts given")
+    if store not in ("cpu", "model"):
+        raise ValueError(f"store must be 'cpu' or 'model' (the model's device), got {store!r}")
     bad = [k for k in keep if k not in KEEP_ALL]
     if bad:
         raise ValueError(f"unknown quantities {bad}; choose from {KEEP_ALL}")
@@ -187,14 +229,15 @@ def trace(model, tokenizer, prompts, positions: str = "last", layers=None, keep=
     first: dict[tuple, int] = {}
     inverse = [first.setdefault(tuple(q), len(first)) for q in seqs]
     if len(first) < len(seqs):
-        unique = trace(model, tokenizer, [list(q) for q in first], positions, sel, keep, batch_size, device)
+        unique = trace(model, tokenizer, [list(q) for q in first], positions, sel, keep, batch_size, store)
         return unique.rows(inverse)
-    dev = device or model_device(model)
+    dev = model_device(model)
+    to = torch.device("cpu") if store == "cpu" else dev
     out: dict[str, list] = {k: [] for k in keep}
     scales, means, logits, lengths = [], [], [], []
     for i in range(0, len(seqs), batch_size):
         batch = encode(tokenizer, seqs[i:i + batch_size], dev)
-        vals, logit, final_in = _capture(model, batch, sel, keep, positions)
+        vals, logit, final_in = _capture(model, batch, sel, keep, positions, to)
         for k in keep:
             out[k].append(vals[k])
         sc, mu = norm_stats(model, final_in)
