@@ -40,6 +40,11 @@ __all__ = ["Trace", "trace", "last_logits", "NEEDS", "frozen_norm", "frozen_logi
 KEEP_ALL = ("resid_in", "attn_out", "head_in", "resid_mid", "coef", "ffn_out", "resid_out")
 
 
+def _quantity(name: str, doc: str) -> property:
+    """A captured quantity of ``Trace`` as a read-only property documented with its shape."""
+    return property(lambda self: self._get(name), doc=doc)
+
+
 @dataclass
 class Trace:
     """What ``trace`` captured. Axis order is fixed: batch, then (``positions="all"``) position,
@@ -58,40 +63,13 @@ class Trace:
             return self.tensors[name]
         raise AttributeError(f"Trace has no {name!r}; captured: {sorted(self.tensors)} (pass keep=... to trace)")
 
-    @property
-    def resid_in(self) -> torch.Tensor:
-        """x^{l-1}, the layer input: [B, L, d] ("last") or [B, T, L, d] ("all")."""
-        return self._get("resid_in")
-
-    @property
-    def attn_out(self) -> torch.Tensor:
-        """A^l, the attention output: [B, L, d] or [B, T, L, d]."""
-        return self._get("attn_out")
-
-    @property
-    def head_in(self) -> torch.Tensor:
-        """Each head's o_proj input: [B, L, H, head_dim] or [B, T, L, H, head_dim]."""
-        return self._get("head_in")
-
-    @property
-    def resid_mid(self) -> torch.Tensor:
-        """r^l = x^{l-1} + A^l: [B, L, d] or [B, T, L, d]."""
-        return self._get("resid_mid")
-
-    @property
-    def coef(self) -> torch.Tensor:
-        """m^l, the coefficient scores (down_proj's input): [B, L, d_mlp] or [B, T, L, d_mlp]."""
-        return self._get("coef")
-
-    @property
-    def ffn_out(self) -> torch.Tensor:
-        """F^l, the FFN output: [B, L, d] or [B, T, L, d]."""
-        return self._get("ffn_out")
-
-    @property
-    def resid_out(self) -> torch.Tensor:
-        """x^l, the layer output: [B, L, d] or [B, T, L, d]."""
-        return self._get("resid_out")
+    resid_in = _quantity("resid_in", "x^{l-1}, the layer input: [B, L, d] (\"last\") or [B, T, L, d] (\"all\")")
+    attn_out = _quantity("attn_out", "A^l, the attention output: [B, L, d] or [B, T, L, d]")
+    head_in = _quantity("head_in", "each head's o_proj input: [B, L, H, head_dim] or [B, T, L, H, head_dim]")
+    resid_mid = _quantity("resid_mid", "r^l = x^{l-1} + A^l: [B, L, d] or [B, T, L, d]")
+    coef = _quantity("coef", "m^l, the coefficient scores (down_proj's input): [B, L, d_mlp] or [B, T, L, d_mlp]")
+    ffn_out = _quantity("ffn_out", "F^l, the FFN output: [B, L, d] or [B, T, L, d]")
+    resid_out = _quantity("resid_out", "x^l, the layer output: [B, L, d] or [B, T, L, d]")
 
     def rows(self, index) -> "Trace":
         """The trace of the cases at ``index`` (a list or 1-D tensor of row numbers, repeats allowed)."""
