@@ -249,4 +249,3 @@ def attention_pattern(model, tokenizer, prompt, layer: int) -> tuple[list[str], 
     finally:
         model.set_attn_implementation(before)
     return [tokenizer.decode([t]) for t in ids], out.attentions[layer][0].float().cpu()
-
