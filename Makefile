@@ -7,13 +7,16 @@
 # make student - the chapters without the exercises' solutions, into student/
 # make check-install - a fresh virtualenv set up as the chapters' Colab cell does, running chapter 1 (smoke)
 # Variables: PROFILE=smoke|book|paper (default book), MODEL=a built-in name (python -m cna_utils.model.install --list),
-# a local path or a Hugging Face id; SECOND_MODEL likewise, or none (the second-model appendix, chapters 1-4).
+# a local path or a Hugging Face id; SECOND_MODEL likewise, or none (the second-model appendix, chapters 1-4);
+# FORCE=1 executes every chapter even where the chapter store (~/.cache/cna_utils/chapters, or
+# $CNA_CHAPTER_STORE) holds a run with the same inputs.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PROFILE ?= book
 MODEL  ?= qwen2.5-coder-0.5b
 SECOND_MODEL ?= smollm2-135m
+FORCE  ?=
 STAMP  := $(VENV)/.installed
 
 BUILTIN := smollm2-135m qwen2.5-coder-1.5b qwen2.5-coder-0.5b
@@ -40,7 +43,7 @@ $(VENV)/.weights-%: $(STAMP) cna_utils/model/weights.yaml
 weights: $(STAMP) $(addprefix $(VENV)/.weights-,$(filter $(MODEL) $(SECOND_MODEL),$(BUILTIN)))
 
 book: weights
-	$(PY) -m cna_utils.publish.book --profile $(PROFILE) --model $(MODEL) --second-model $(SECOND_MODEL)
+	$(PY) -m cna_utils.publish.book --profile $(PROFILE) --model $(MODEL) --second-model $(SECOND_MODEL) $(if $(FORCE),--force)
 
 test: $(STAMP)
 	$(PY) -m pytest tests -q

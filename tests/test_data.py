@@ -109,7 +109,7 @@ def test_lexicon_has_number_words_in_five_languages():
 
 def test_operand_positions_cover_multi_token_operands():
     from types import SimpleNamespace
-    from cna_utils.paper.study import operand_positions
+    from cna_utils.data.arithmetic import operand_positions
 
     class Digits:                                   # one token per character, as Qwen2 writes digits
         def decode(self, ids):

@@ -45,8 +45,9 @@ def smoke_book(tmp_path_factory):
     shutil.copytree(ROOT / "book", root / "book", ignore=shutil.ignore_patterns("chapters", "results", "_generated"))
     if (ROOT / "bench" / "results").exists():
         shutil.copytree(ROOT / "bench" / "results", root / "bench" / "results")
+    store = tmp_path_factory.mktemp("store")          # the chapter store of this build alone: every chapter executes
     subprocess.run([sys.executable, "-m", "cna_utils.publish.book", "--profile", "smoke", "--model", "smollm2-135m",
-                    "--second-model", "smollm2-135m", "--root", str(root)], check=True)
+                    "--second-model", "smollm2-135m", "--root", str(root), "--store", str(store)], check=True)
     return root
 
 
@@ -282,3 +283,17 @@ def test_a_hung_chromium_is_killed_and_run_again(tmp_path):
     always.chmod(0o755)
     run = _chromium(str(always), "--dump-dom", "x", timeout=1, tries=2)
     assert run.returncode == 124 and "2 times" in run.stderr
+
+
+def test_a_rebuild_with_nothing_changed_executes_no_chapter(smoke_book, tmp_path):
+    """The smoke build again on its own chapter store: every chapter is reused, and its page and
+    results file are those of the run (the store is the fixture's, beside the book's root)."""
+    store = next(p for p in smoke_book.parent.glob("store*") if (p / "entries").is_dir())
+    page = (smoke_book / "book" / "chapters" / "03_prediction_enhancing_dag.ipynb").read_text()
+    out = subprocess.run([sys.executable, "-m", "cna_utils.publish.book", "--profile", "smoke", "--model",
+                          "smollm2-135m", "--second-model", "smollm2-135m", "--root", str(smoke_book), "--store",
+                          str(store), "--no-build"], check=True, capture_output=True, text=True).stdout
+    assert "executing" not in out and out.count(": reused") == len(NOTEBOOKS) + len(DIVISION_CHAPTERS), out
+    again = json.loads((smoke_book / "book" / "chapters" / "03_prediction_enhancing_dag.ipynb").read_text())
+    assert [c.get("outputs") for c in again["cells"]] == [c.get("outputs") for c in json.loads(page)["cells"]]
+

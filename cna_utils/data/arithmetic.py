@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, replace
 
 from num2words import num2words
 
-__all__ = ["Operation", "OPERATIONS", "Case", "Arithmetic", "AlignmentError", "TEMPLATES", "TABLE14", "OPS", "answer_separator",
+__all__ = ["Operation", "OPERATIONS", "Case", "Arithmetic", "operand_positions", "AlignmentError", "TEMPLATES", "TABLE14", "OPS", "answer_separator",
            "arithmetic_dataset", "align", "digit_kinds", "digit_cases", "number_word"]
 
 @dataclass(frozen=True)
@@ -297,3 +297,23 @@ def digit_cases(cases: list[Case]) -> list[Case]:
             out.append(replace(c, prompt_ids=c.prompt_ids + c.answer_ids[:i], answer_ids=(tid,),
                                kinds=(c.kinds[i],), meta={"position": i, "kind": c.kinds[i]}))
     return out
+
+
+def operand_positions(tokenizer, case) -> list[int]:
+    """Token positions of the two operands in ``case.prompt_ids``: every token of the first run of
+    tokens that reads as ``a`` and of the last run that reads as ``b`` (one position per operand
+    when it is one token; "72" written as "7", "2" gives two)."""
+    texts = [tokenizer.decode([t]).strip() for t in case.prompt_ids]
+
+    def runs(word):
+        return [list(range(i, j)) for i in range(len(texts)) for j in range(i + 1, len(texts) + 1)
+                if "".join(texts[i:j]) == word and texts[i] and texts[j - 1]]
+
+    ra, rb = runs(str(case.a)), runs(str(case.b))
+    if not ra or not rb:
+        raise ValueError(f"the operands of {case.prompt!r} are not found among its tokens: {texts}")
+    pa = min(ra, key=lambda r: (r[0], -len(r)))
+    pb = max((r for r in rb if r[0] > pa[-1]), key=lambda r: (r[-1], len(r)), default=None)
+    if pb is None:
+        raise ValueError(f"the second operand of {case.prompt!r} is not found after the first: {texts}")
+    return pa + pb

@@ -31,8 +31,7 @@ from cna_utils.store.schema import field
 from cna_utils.measure.tracing import trace
 
 __all__ = ["one_digit_cases", "chapter1_head", "top_head_by_sweep", "showcase_case", "cna_cases",
-           "Study", "prepare_study", "STUDIES", "study_item", "study_results_name", "study_banner",
-           "operand_positions"]
+           "Study", "prepare_study", "STUDIES", "study_item", "study_results_name", "study_banner"]
 
 def one_digit_cases(model, tokenizer, ops: str = "+-", template: int = 4):
     """Every 1-digit case of ``ops`` written as ``"a op b ="`` (template 4, numerals) and the model's
@@ -193,22 +192,3 @@ def prepare_study(model, tokenizer, head=None, results_dir="results", max_cases=
     res = cna_cases(model, tokenizer, correct, head, cache_dir=cache_dir, progress=True)
     return Study(cases, acc, correct, head, head_note, case, case_note, res)
 
-
-def operand_positions(tokenizer, case) -> list[int]:
-    """Token positions of the two operands in ``case.prompt_ids``: every token of the first run of
-    tokens that reads as ``a`` and of the last run that reads as ``b`` (one position per operand
-    when it is one token; "72" written as "7", "2" gives two)."""
-    texts = [tokenizer.decode([t]).strip() for t in case.prompt_ids]
-
-    def runs(word):
-        return [list(range(i, j)) for i in range(len(texts)) for j in range(i + 1, len(texts) + 1)
-                if "".join(texts[i:j]) == word and texts[i] and texts[j - 1]]
-
-    ra, rb = runs(str(case.a)), runs(str(case.b))
-    if not ra or not rb:
-        raise ValueError(f"the operands of {case.prompt!r} are not found among its tokens: {texts}")
-    pa = min(ra, key=lambda r: (r[0], -len(r)))
-    pb = max((r for r in rb if r[0] > pa[-1]), key=lambda r: (r[-1], len(r)), default=None)
-    if pb is None:
-        raise ValueError(f"the second operand of {case.prompt!r} is not found after the first: {texts}")
-    return pa + pb

@@ -13,7 +13,8 @@ with OP="/" (the division study) into ``NN_name_division.ipynb``; chapters 1-4 r
 second model (the paper's Appendix C) into ``book/chapters/second/`` with their results under
 ``book/results/second/``. When the second model is the main model (the smoke build), its pages are
 the main run's pages, said so on each page, instead of a second identical run. Chapters that fail
-stop the build. Then ``jupyter-book build`` runs with warnings as errors into ``_build/html``.
+stop the build. A chapter whose inputs did not change since a stored run is not executed again: its
+stored outputs go into the notebook as it is now (``chapter_store``; ``--force`` executes all). Then ``jupyter-book build`` runs with warnings as errors into ``_build/html``.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from cna_utils.publish.chapter_store import chapter_key, ChapterStore
 
 __all__ = ["execute_notebooks", "write_pages", "build_html", "main", "repository_url", "set_repository",
            "DIVISION_CHAPTERS", "SECOND_CHAPTERS", "PARTS",
@@ -97,11 +100,40 @@ def _second_placeholders(src: list[Path], folder: Path) -> None:
 PARTS = ("main", "division", "second")
 
 
-def execute_notebooks(root: Path, profile: str, model: str, only: list[str] | None = None,
-                      second_model: str | None = None, parts: tuple[str, ...] = PARTS) -> list[Path]:
-    """Execute the chapters (``only``: name prefixes) of the book's ``parts``: "main" (every chapter
-    on ``model``), "division" (chapters 2-4 with OP="/") and "second" (chapters 1-4 on ``second_model``)."""
+def _run(nb: Path, page: Path, res: Path, params: dict, shown: str, store, force: bool) -> None:
+    """Execute ``nb`` into ``page`` with papermill, or reuse the ``store``'s run when its inputs have
+    not changed (``chapter_store``); say which, and why a chapter executes."""
     import papermill as pm
+    t = time.time()
+    what = f"profile={params['PROFILE']}, model={params['MODEL']}"
+    slot = f"{shown}|{params['PROFILE']}|{params['MODEL']}"
+    key = chapter_key(nb, params, res) if store is not None else None
+    hit, why = store.lookup(slot, key) if store is not None else (None, "no store")
+    if hit is not None and not force:
+        store.restore(hit, nb, page, res)
+        print(f"{shown}: reused ({what})", flush=True)
+        return
+    print(f"executing {shown} ({what}; {'forced' if force else why})", flush=True)
+    page.parent.mkdir(parents=True, exist_ok=True)
+    before = _results_state(res)
+    pm.execute_notebook(str(nb), str(page), cwd=str(page.parent), progress_bar=False, parameters=params)
+    if store is not None:
+        store.save(slot, key, page, [f for f, st in _results_state(res).items() if before.get(f) != st])
+    print(f"  {page.name}: executed in {time.time() - t:.0f} s", flush=True)
+
+
+def _results_state(folder: Path) -> dict[Path, tuple[int, int]]:
+    """The results files of ``folder`` (not its caches) with their modification time and size."""
+    return {f: (f.stat().st_mtime_ns, f.stat().st_size) for f in sorted(Path(folder).glob("*.json"))}
+
+
+def execute_notebooks(root: Path, profile: str, model: str, only: list[str] | None = None,
+                      second_model: str | None = None, parts: tuple[str, ...] = PARTS,
+                      store: ChapterStore | None = None, force: bool = False) -> list[Path]:
+    """Execute the chapters (``only``: name prefixes) of the book's ``parts``: "main" (every chapter
+    on ``model``), "division" (chapters 2-4 with OP="/") and "second" (chapters 1-4 on ``second_model``).
+    With a ``store`` a chapter whose inputs have not changed is reused from it instead (``force``:
+    execute every chapter all the same, and store the new runs)."""
 
     from cna_utils.paper.study import study_results_name
     from cna_utils.store.profiles import get_profile
@@ -132,12 +164,8 @@ def execute_notebooks(root: Path, profile: str, model: str, only: list[str] | No
         runs += [(nb, out_dir / SECOND, nb.name, results / SECOND, second_model, {}) for nb in second]
     done = []
     for nb, out, name, res, m, extra in runs:
-        t = time.time()
-        print(f"executing {out.relative_to(out_dir.parent) / name} (profile={profile}, model={m})", flush=True)
-        out.mkdir(parents=True, exist_ok=True)
-        pm.execute_notebook(str(nb), str(out / name), cwd=str(out), progress_bar=False,
-                            parameters=dict(PROFILE=profile, MODEL=m, RESULTS_DIR=str(res.resolve()), **extra))
-        print(f"  {name}: {time.time() - t:.0f} s", flush=True)
+        params = dict(PROFILE=profile, MODEL=m, RESULTS_DIR=str(res.resolve()), **extra)
+        _run(nb, out / name, res, params, str((out / name).relative_to(out_dir.parent)), store, force)
         if out.name == SECOND:
             _finish_page(out / name, _second_banner(model, m, profile, name, copied=False), "-second")
         else:
@@ -224,6 +252,10 @@ def main(argv=None) -> None:
     ap.add_argument("--part", nargs="*", choices=PARTS, default=list(PARTS),
                     help="which runs to execute: main (every chapter), division (chapters 2-4, OP='/'), "
                          "second (chapters 1-4 on the second model); default all")
+    ap.add_argument("--store", default=None,
+                    help="the chapter store: a chapter whose inputs did not change is reused from it (default "
+                         "$CNA_CHAPTER_STORE or ~/.cache/cna_utils/chapters; 'none': execute every chapter)")
+    ap.add_argument("--force", action="store_true", help="execute every chapter even when the store has it")
     ap.add_argument("--no-execute", action="store_true", help="only build the HTML from executed chapters")
     ap.add_argument("--no-build", action="store_true", help="execute the chapters, do not build the HTML")
     ap.add_argument("--set-repository", metavar="URL",
@@ -236,7 +268,8 @@ def main(argv=None) -> None:
         return
     if not args.no_execute:
         second = None if args.second_model in ("", "none") else args.second_model
-        execute_notebooks(root, args.profile, args.model, args.only, second, tuple(args.part))
+        store = None if args.store == "none" else ChapterStore(args.store)
+        execute_notebooks(root, args.profile, args.model, args.only, second, tuple(args.part), store, args.force)
     if not args.no_build:
         build_html(root)
 

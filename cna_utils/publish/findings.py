@@ -18,7 +18,7 @@ from cna_utils.paper import claims as cl
 from cna_utils.store.results import save_results
 from cna_utils.publish.scoreboard import claim_totals, item_rows, load_all, totals
 
-__all__ = ["RESULTS", "findings_markdown", "save_run", "update", "main"]
+__all__ = ["RESULTS", "GLANCE", "findings_markdown", "glance_figure", "save_run", "update", "main"]
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "results" / "qwen2.5-coder-0.5b" / "book"       # the last full `make book` run
@@ -99,10 +99,32 @@ def _replace_block(text: str, table: str, path: Path) -> str:
     return head + BEGIN + "\n" + table + "\n" + END + rest.split(END, 1)[1]
 
 
+GLANCE = "at-a-glance.png"      # the README's figure, beside the results it is drawn from
+
+
+def glance_figure(results_dir=RESULTS) -> Path:
+    """Draw the main model's forest figure (``publish.forest``) into ``results_dir/at-a-glance.png``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from cna_utils.publish.forest import forest_figure, forest_rows
+    from cna_utils.publish.scoreboard import load_all
+    rows = forest_rows(load_all(results_dir))
+    fig = forest_figure(rows[rows.part == "main model"], "Every claim on its rule's scale (main model; the "
+                        "replication scoreboard has the division study and the second model)")
+    path = Path(results_dir) / GLANCE
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def update(results_dir=RESULTS, pages=PAGES, check: bool = False) -> list[Path]:
-    """Rewrite the findings block of each page (``check``: only list the pages whose block differs)."""
+    """Rewrite the findings block of each page and draw the README's figure (``check``: only list the
+    pages whose block differs)."""
     table = findings_markdown(results_dir)
     stale = []
+    if not check:
+        glance_figure(results_dir)
     for path in pages:
         text = Path(path).read_text()
         new = _replace_block(text, table, Path(path))

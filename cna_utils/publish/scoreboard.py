@@ -113,8 +113,9 @@ def claim_totals(rows: list[dict]) -> str:
     return ", ".join(f"{v}: {n}" for v, n in counts.items())
 
 
-def scoreboard_markdown(results_dir) -> str:
-    """The scoreboard page (MyST markdown) from the chapters' results files."""
+def scoreboard_markdown(results_dir, figures: dict | None = None) -> str:
+    """The scoreboard page (MyST markdown) from the chapters' results files (``figures``: the forest
+    figures' file names by part of the book, shown at the top)."""
     loaded = load_all(results_dir)
     main = [r for k, r in loaded.items() if not k.startswith("second/")]
     second_models = sorted({r.get("model", "?") for k, r in loaded.items() if k.startswith("second/")})
@@ -138,6 +139,7 @@ def scoreboard_markdown(results_dir) -> str:
            "Every rule replicates on the paper's own numbers and fails an input where the head or neurons change "
            "nothing (`python -m cna_utils.paper.claims --check-paper`, run by the tests).", "",
            f"**Totals:** items: {totals(rows)}; claims ({n_claims}): {claim_totals(rows)}.", ""]
+    out += _glance(loaded, figures or {})
     for r in rows:
         link = (f"[{r['chapter']}](../chapters/{r['chapter']}.ipynb{r['anchor']})" if r["ran"] else r["chapter"])
         out += [f"## {r['label']}: {r['what']}", "",
@@ -147,17 +149,55 @@ def scoreboard_markdown(results_dir) -> str:
         if not r["records"]:
             out += [f"*{r['note']}*", ""]
             continue
-        out += ["| claim | paper | this run: value [95% interval] (n) | verdict |", "|---|---|---|---|"]
+        out += ["```{div} full-width", "", "| claim | paper | this run: value [95% interval] (n) | verdict |",
+                "|---|---|---|---|"]
         for c in r["records"]:
             out.append(f"| {c['claim']}<br><small>rule `{c['rule_id']}`: {c['rule']}</small> | {c['paper_text']} | "
                        f"{c['this_run']} | {_verdict_cell(c)} |")
-        out.append("")
+        out += ["", "```", ""]
     return "\n".join(out)
 
 
+def _glance(loaded: dict, figures: dict) -> list[str]:
+    """The at-a-glance section: one forest figure per part of the book (``figures``: {part: file name})."""
+    if not figures:
+        return []
+    out = ["## At a glance", "",
+           "Every judged claim on the scale of its own rule: 0 is the rule's *replicates* threshold and -1 its "
+           "*partly* threshold, so right of 0 replicates, between -1 and 0 partly, left of -1 does not, whatever "
+           "the claim's unit. A line is this run's 95% interval, a dot its value, coloured by the verdict (grey: "
+           "inconclusive, the interval straddles a threshold or rests on too few cases); the diamond is the "
+           "paper's own number on the same scale. A two-sided rule (a band) counts from 0 at the band's edge to 1 "
+           "at its middle. The sections below give each claim's text, numbers and rule.", ""]
+    for part, name in figures.items():
+        out += [f"```{{figure}} {name}", f":alt: Forest plot of the {part}'s claims on the verdict scale",
+                ":width: 100%", "", f"The {part}: {_count(loaded, part)}.", "```", ""]
+    return out
+
+
+def _count(loaded: dict, part: str) -> str:
+    from cna_utils.publish.forest import forest_rows
+    rows = forest_rows(loaded)
+    rows = rows[rows.part == part]
+    return f"{len(rows)} claims; " + ", ".join(f"{v} {int((rows.verdict == v).sum())}" for v in VERDICTS)
+
+
 def write_scoreboard(results_dir, path) -> Path:
+    """The scoreboard page at ``path``, with its forest figures (PNG) beside it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from cna_utils.publish.forest import forest_figure, forest_rows
     path = Path(path)
-    path.write_text(scoreboard_markdown(results_dir))
+    rows = forest_rows(load_all(results_dir))
+    figures = {}
+    for part in dict.fromkeys(rows.part):
+        name = f"forest-{part.replace(' ', '-')}.png"
+        fig = forest_figure(rows[rows.part == part], f"The {part}: every claim on its rule's scale")
+        fig.savefig(path.parent / name, dpi=120)
+        plt.close(fig)
+        figures[part] = name
+    path.write_text(scoreboard_markdown(results_dir, figures))
     return path
 
 
