@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-__all__ = ["zero_vs_mean", "neuron_layers", "score_vs_effect", "pe_dag", "logic_chain",
+__all__ = ["zero_vs_mean", "neuron_layers", "score_vs_effect", "drawable", "pe_dag", "logic_chain",
            "accuracy_by_layer", "loss_curves", "attention_map"]
 
 
@@ -79,53 +79,98 @@ def score_vs_effect(frame: pd.DataFrame, x: str = "score", y: str = "effect"):
     return fig
 
 
+def drawable(text: str, font: str = "DejaVu Sans") -> str:
+    """``text`` with every character the figure's font has no glyph for written as its escape
+    (``\\u4e2d``), so a token in another script reads as a code instead of an empty box."""
+    from matplotlib import font_manager
+    cmap = _charmap(font_manager.findfont(font))
+    return "".join(c if ord(c) in cmap or c in "\n " else c.encode("unicode_escape").decode() for c in text)
+
+
+_CHARMAPS: dict[str, set[int]] = {}
+
+
+def _charmap(path: str) -> set[int]:
+    if path not in _CHARMAPS:
+        from matplotlib import ft2font
+        _CHARMAPS[path] = set(ft2font.FT2Font(path).get_charmap())
+    return _CHARMAPS[path]
+
+
 def pe_dag(nodes: pd.DataFrame, edges: pd.DataFrame, weight: str = "subvalue_ip_sum", title: str | None = None):
-    """The prediction-enhancing DAG: neurons placed by layer (y) and rank (x), labelled with their
-    top token; an arrow lower -> upper per edge, width proportional to ``weight``."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    """The prediction-enhancing DAG, laid out in layers: one row per FFN layer that holds a node
+    (the layer's number on the left, lowest at the bottom), the row's neurons side by side, each a
+    box with its name and ``label`` (its top token, escaped where the font lacks the glyph); an
+    arrow lower -> upper per edge, red when it enhances, width proportional to ``weight``."""
+    rows = {l: i for i, l in enumerate(sorted(nodes.layer.unique()))}
+    widest = int(nodes.groupby("layer").size().max()) if len(nodes) else 1
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.9 * widest + 1.2), 1.0 + 1.05 * max(len(rows), 1)))
     pos = {}
     for layer, grp in nodes.groupby("layer"):
-        for j, (_, r) in enumerate(grp.iterrows()):
-            pos[r["name"]] = (j - (len(grp) - 1) / 2, layer)
+        for j, name in enumerate(grp["name"]):
+            pos[name] = (j - (len(grp) - 1) / 2, rows[layer])
     wmax = max(1e-9, float(edges[weight].abs().max())) if len(edges) else 1.0
     for _, e in edges.iterrows():
         (x0, y0), (x1, y1) = pos[e.lower], pos[e.upper]
-        ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
-                    arrowprops=dict(arrowstyle="-|>", lw=0.5 + 3.5 * abs(e[weight]) / wmax,
-                                    color="tab:red" if e[weight] > 0 else "tab:blue", alpha=0.7,
-                                    shrinkA=12, shrinkB=12))
+        ax.annotate("", xy=(x1, y1 - 0.22), xytext=(x0, y0 + 0.22),
+                    arrowprops=dict(arrowstyle="-|>", lw=0.6 + 3.0 * abs(e[weight]) / wmax,
+                                    color="tab:red" if e[weight] > 0 else "tab:blue", alpha=0.65,
+                                    connectionstyle="arc3,rad=0.08" if abs(x1 - x0) < 1e-9 and y1 - y0 > 1 else None,
+                                    shrinkA=0, shrinkB=0), zorder=2)
     for _, r in nodes.iterrows():
         x, y = pos[r["name"]]
-        ax.scatter([x], [y], s=420, color="white", edgecolor="black", zorder=3)
-        ax.text(x, y, f"{r['name']}\n{r['label']}", ha="center", va="center", fontsize=7, zorder=4)
-    ys = [p[1] for p in pos.values()]
-    ax.set_ylim(min(ys) - 1, max(ys) + 1)
-    xs = [p[0] for p in pos.values()]
-    ax.set_xlim(min(xs) - 1, max(xs) + 1)
-    ax.set_ylabel("FFN layer")
+        label = drawable(str(r["label"]))
+        label = label if len(label) <= 16 else label[:15] + "…"
+        ax.text(x, y, f"{r['name']}\n{label!s}", ha="center", va="center", fontsize=9, zorder=4,
+                bbox=dict(boxstyle="round,pad=0.35", fc="white", ec="black", lw=0.8))
+    ax.set_yticks(list(rows.values()))
+    ax.set_yticklabels([f"layer {l}" for l in rows])
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.set_xlim(-(widest - 1) / 2 - 0.75, (widest - 1) / 2 + 0.75)
     ax.set_xticks([])
-    ax.set_title(title or "PE-DAG (red: pushes the upper neuron's key up; width: size)")
+    for side in ("top", "right", "bottom"):
+        ax.spines[side].set_visible(False)
+    ax.set_title(title or "PE-DAG (red: pushes the upper neuron's key up; width: size)", fontsize=10)
     fig.tight_layout()
     return fig
 
 
 def logic_chain(stages: list[tuple[str, str]], title: str | None = None):
-    """Figure 1 of the paper as boxes and arrows: ``stages`` is a list of (stage name, text)."""
-    fig, ax = plt.subplots(figsize=(11, 2.9))
+    """Figure 1 of the paper as boxes and arrows: ``stages`` is a list of (stage name, text). Each
+    box is sized to its text (lines cut at 26 characters, glyphs the font lacks escaped); more than
+    four stages take two rows, the second read from right to left under the first's end."""
     n = len(stages)
-    for i, (name, text) in enumerate(stages):
-        x = i / n
-        ax.add_patch(plt.Rectangle((x + 0.01, 0.12), 1 / n - 0.04, 0.7, fill=True, color="#eef3fb", ec="#3b6fb6"))
-        ax.text(x + 0.5 / n - 0.01, 0.76, name, ha="center", va="top", fontsize=9, weight="bold")
-        ax.text(x + 0.5 / n - 0.01, 0.62, text, ha="center", va="top", fontsize=7.5, wrap=True)
-        if i < n - 1:
-            ax.annotate("", xy=((i + 1) / n + 0.01, 0.47), xytext=((i + 1) / n - 0.03, 0.47),
-                        arrowprops=dict(arrowstyle="-|>", color="#3b6fb6"))
+    per_row = n if n <= 4 else (n + 1) // 2
+    n_rows = (n + per_row - 1) // per_row
+    fig, ax = plt.subplots(figsize=(2.4 * per_row + 0.4, 2.4 * n_rows + 0.5))
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 0.9)
+    ax.set_ylim(0, 1)
     ax.axis("off")
+    boxes = []
+    for i, (name, text) in enumerate(stages):
+        row, col = divmod(i, per_row)
+        col = col if row % 2 == 0 else per_row - 1 - col
+        x, y = (col + 0.5) / per_row, 1 - (row + 0.5) / n_rows
+        lines = [drawable(line if len(line) <= 26 else line[:25] + "…") for line in str(text).splitlines()]
+        ax.text(x, y + 0.5 / n_rows - 0.04, name, ha="center", va="top", fontsize=10, weight="bold")
+        boxes.append(ax.text(x, y - 0.05, "\n".join(lines), ha="center", va="center", fontsize=8.5,
+                             linespacing=1.3, bbox=dict(boxstyle="round,pad=0.6", fc="#eef3fb", ec="#3b6fb6", lw=1)))
+    fig.canvas.draw()                                  # the boxes' sizes are known once drawn
+    to_data = ax.transData.inverted()
+    ext = [to_data.transform(t.get_bbox_patch().get_window_extent()) for t in boxes]   # [[x0, y0], [x1, y1]]
+    for i in range(n - 1):
+        (ax0, ay0), (ax1, ay1) = ext[i]
+        (bx0, by0), (bx1, by1) = ext[i + 1]
+        if (i + 1) % per_row == 0:                     # down to the next row's stage name
+            start, end = ((ax0 + ax1) / 2, ay0), ((bx0 + bx1) / 2, 1 - ((i + 1) // per_row) / n_rows - 0.03)
+        elif (i // per_row) % 2 == 0:                  # left to right
+            start, end = (ax1, (ay0 + ay1) / 2), (bx0, (by0 + by1) / 2)
+        else:                                          # right to left
+            start, end = (ax0, (ay0 + ay1) / 2), (bx1, (by0 + by1) / 2)
+        ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="-|>", color="#3b6fb6", lw=1.2,
+                                                              shrinkA=3, shrinkB=3))
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
 
