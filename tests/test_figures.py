@@ -3,6 +3,7 @@ import itertools
 
 import matplotlib
 import pandas as pd
+import pytest
 
 from cna_utils.publish.plots import drawable, logic_chain, pe_dag
 
@@ -44,3 +45,18 @@ def test_logic_chain_boxes_hold_text_and_do_not_overlap():
     assert len(boxes) == len(stages) and _overlaps(boxes) == []
     texts = [t.get_text() for t in fig.axes[0].texts if t.get_bbox_patch()]
     assert all(t.strip() for t in texts) and all(len(line) <= 26 for t in texts for line in t.splitlines())
+
+
+def test_accuracies_carry_their_wilson_intervals():
+    from matplotlib.container import ErrorbarContainer
+    from cna_utils.measure.stats import wilson
+    from cna_utils.publish.plots import accuracy_by_layer
+    frame = pd.DataFrame({"layer": [0, 5], "test_acc": [0.2, 0.5], "test_first": [0.3, 0.6]})
+    fig = accuracy_by_layer(frame, [0.1, 0.2], n=200)
+    bars = [c for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 2
+    segment = bars[0].lines[2][0].get_segments()[0]               # the first point's bar: 20% of 200
+    lo, hi = wilson(40, 200)
+    assert segment[0][1] == pytest.approx(100 * lo) and segment[1][1] == pytest.approx(100 * hi)
+    assert not [c for c in accuracy_by_layer(frame, [0.1, 0.2]).axes[0].containers
+                if isinstance(c, ErrorbarContainer) and c.has_yerr]

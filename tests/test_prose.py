@@ -48,3 +48,15 @@ def test_logic_chain_has_no_empty_stage():
     assert "none on a path" in none["feature enhancing"] and "no attention layer" in none["feature transferring"]
     assert "lowers" in none["feature predicting"] and "+5%" in none["feature predicting"]
     assert all(text.split(":")[-1].strip() for text in full.values()) and all(none.values())
+
+
+def test_the_lora_page_says_when_training_had_not_converged():
+    from cna_utils.measure.lora import loss_still_falling
+    falling, fall = loss_still_falling([3.0 - 0.05 * i for i in range(40)])
+    assert falling and 0.1 < fall < 0.5
+    flat, f0 = loss_still_falling([1.0 + 0.001 * (-1) ** i for i in range(40)])
+    assert not flat and abs(f0) < 0.01
+    assert loss_still_falling([2.0, 1.0])[0] and loss_still_falling([1.0])[0] is False
+    text = prose.convergence({0: fall, 8: f0})
+    assert "had not converged in 1 of 2 runs" in text and "layer 0" in text and "layer 8" not in text
+    assert "levelled off" in prose.convergence({0: f0, 8: f0})

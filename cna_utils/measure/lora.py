@@ -45,7 +45,7 @@ from cna_utils.store.cache import artefact_key, artefact_path, load_or_compute
 from cna_utils.store.results import save_results
 
 __all__ = ["Splits", "LoraHParams", "attention_linears", "lora_config", "lora_applied", "lora_splits", "train_lora", "train_cached", "run_key",
-           "lora_per_layer", "trainable_parameters", "test_correct", "template_choice"]
+           "lora_per_layer", "trainable_parameters", "test_correct", "template_choice", "loss_still_falling"]
 
 
 @dataclass(frozen=True)
@@ -356,3 +356,17 @@ def lora_per_layer(model, tokenizer, layers, data, lrs=(1e-3, 5e-4, 1e-4), selec
     df["test_acc"] = [t["answer"] for t in df.test]
     df["test_first"] = [t["first"] for t in df.test]
     return df.sort_values(["layer", "lr"]).reset_index(drop=True)
+
+
+def loss_still_falling(losses, window: int = 10, tol: float = 0.05) -> tuple[bool, float]:
+    """Whether a training run had not converged: (the mean loss of the last ``window`` steps is more
+    than ``tol`` (relative) below the mean of the ``window`` steps before, that relative fall).
+    A run shorter than two windows compares its two halves."""
+    x = [float(v) for v in losses]
+    w = min(window, len(x) // 2)
+    if w < 1:
+        return False, float("nan")
+    before, last = sum(x[-2 * w:-w]) / w, sum(x[-w:]) / w
+    fall = (before - last) / abs(before) if before else 0.0
+    return fall > tol, fall
+

@@ -175,14 +175,30 @@ def logic_chain(stages: list[tuple[str, str]], title: str | None = None):
     return fig
 
 
+def _wilson_err(percent, n: int | None) -> np.ndarray | None:
+    """Error bars (below, above) of percentages of n cases: their 95% Wilson intervals; None without n."""
+    if not n:
+        return None
+    from cna_utils.measure.stats import wilson
+    pct = np.asarray(percent, dtype=float).reshape(-1)
+    bounds = np.array([wilson(p / 100 * n, n) for p in pct]) * 100          # [k, 2]
+    return np.clip(np.stack([pct - bounds[:, 0], bounds[:, 1] - pct]), 0, None)
+
+
 def accuracy_by_layer(frame: pd.DataFrame, base, x: str = "layer", ys=("test_acc", "test_first"),
-                      labels=("whole answer", "first token"), title: str | None = None):
+                      labels=("whole answer", "first token"), title: str | None = None, n: int | None = None):
     """Accuracy (%) of one model per layer (e.g. a LoRA model per attention layer) against the
-    original model's accuracies (dashed), given as one value per line of ``ys``."""
+    original model's accuracies (dashed), given as one value per line of ``ys``; with ``n`` (cases)
+    every point carries its 95% Wilson interval and each original accuracy a band."""
     fig, ax = plt.subplots(figsize=(7, 3.4))
     for i, (y, lab) in enumerate(zip(ys, labels)):
-        line, = ax.plot(frame[x], 100 * frame[y], marker="o", label=f"LoRA, {lab}")
-        ax.axhline(100 * list(base)[i], color=line.get_color(), ls="--", lw=1, label=f"original, {lab}")
+        line = ax.errorbar(frame[x], 100 * frame[y], yerr=_wilson_err(100 * frame[y], n), marker="o", capsize=3,
+                           label=f"LoRA, {lab}").lines[0]
+        b = 100 * list(base)[i]
+        ax.axhline(b, color=line.get_color(), ls="--", lw=1, label=f"original, {lab}")
+        if n:
+            lo, hi = _wilson_err([b], n)[:, 0]
+            ax.axhspan(b - lo, b + hi, color=line.get_color(), alpha=0.12, lw=0)
     ax.set_xlabel(x)
     ax.set_ylabel("accuracy (%)")
     ax.legend(frameon=False, fontsize=8)
@@ -231,11 +247,14 @@ def attention_map(tokens: list[str], weights, title: str | None = None, mark=())
     return fig
 
 
-def mask_keep_lines(curve: pd.DataFrame, n_deep: int):
-    """Mask and keep's accuracy decrease (%) against k on a log axis (``paper.neurons.mask_keep_curve``)."""
+def mask_keep_lines(curve: pd.DataFrame, n_deep: int, n: int | None = None):
+    """Mask and keep's accuracy decrease (%) against k on a log axis (``paper.neurons.mask_keep_curve``);
+    with ``n`` (cases, all answered before) each point carries its 95% Wilson interval."""
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    ax.plot(curve.index, curve["mask"], "o-", label="mask: zero the top-k")
-    ax.plot(curve.index, curve["keep"], "s-", label="keep: zero all other deep neurons")
+    ax.errorbar(curve.index, curve["mask"], yerr=_wilson_err(curve["mask"], n), fmt="o-", capsize=3,
+                label="mask: zero the top-k")
+    ax.errorbar(curve.index, curve["keep"], yerr=_wilson_err(curve["keep"], n), fmt="s-", capsize=3,
+                label="keep: zero all other deep neurons")
     ax.set_xscale("log")
     ax.set_xlabel("k (top CNA neurons)")
     ax.set_ylabel("accuracy decrease (%)")
@@ -265,10 +284,13 @@ def zero_shot_curve(t8: pd.DataFrame, paper8: pd.DataFrame, thresholds=range(4))
     return fig
 
 
-def pruning_bars(t11: pd.DataFrame, kept: dict, d_mlp: int):
-    """Table 11 as bars, beside the number of neurons kept in each deep layer."""
+def pruning_bars(t11: pd.DataFrame, kept: dict, d_mlp: int, n: int | None = None):
+    """Table 11 as bars (with ``n`` test sentences, each with its 95% Wilson interval), beside the
+    number of neurons kept in each deep layer."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-    t11.rename(index={"acc": "whole answer"}).T.plot.bar(ax=axes[0], rot=20)
+    bars = t11.rename(index={"acc": "whole answer"}).T
+    err = None if not n else {c: _wilson_err(bars[c], n) for c in bars.columns}
+    bars.plot.bar(ax=axes[0], rot=20, yerr=err, capsize=2)
     axes[0].set_ylabel("accuracy (%)")
     axes[0].set_title("Table 11 on this model")
     pd.Series({l: len(v) for l, v in kept.items()}).plot.bar(ax=axes[1], color="grey", rot=0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from cna_utils.measure.stats import Measure, proportion
 
 __all__ = ["compare", "accuracy_by_op", "depth_order", "dag_average", "trend_words", "embedding_notes",
-           "chain_stages"]
+           "chain_stages", "convergence"]
 
 
 def compare(a: Measure, b: Measure, words=("below", "about level with", "above")) -> str:
@@ -108,3 +108,18 @@ def chain_stages(case, operand_pos, shallow, head: str, drop10: float, root: str
              f"(ablated: top-10\ncoef {-drop10:+.0f}%)"),
             ("prediction enhancing", f"PE-DAG rooted at\n{root}\n" + "\n".join(deep)),
             ("output", f'"{case.answer}"\np = {prob:.2f}')]
+
+
+def convergence(falls: dict, window: int = 10, tol: float = 0.05) -> str:
+    """Chapter 5: whether the LoRA runs had converged. ``falls``: {layer: relative fall of the mean
+    loss over the last ``window`` steps against the ``window`` before (``lora.loss_still_falling``)}."""
+    falling = {l: f for l, f in falls.items() if f == f and f > tol}
+    if not falling:
+        return (f"Every run's loss had levelled off: its mean over the last {window} steps is within "
+                f"{100 * tol:g}% of the {window} steps before.")
+    where = ", ".join(f"layer {l} ({100 * f:.0f}%)" for l, f in sorted(falling.items()))
+    return (f"Training had not converged in {len(falling)} of {len(falls)} runs: the mean loss of the last {window} "
+            f"steps is still more than {100 * tol:g}% below the {window} steps before in {where}. Longer training "
+            "(the paper's 4 epochs of 18,000 sentences) would move these models further, so their accuracies and "
+            "coefficient changes are those of runs stopped early.")
+
