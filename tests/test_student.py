@@ -1,5 +1,7 @@
-"""The student version: solutions out, checks and everything else kept."""
+"""The student version and its autograding, with nbgrader: the solutions score every point, the
+student copy none."""
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -7,29 +9,57 @@ import pytest
 from cna_utils.publish import student
 
 ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
-def test_strip_solutions_keeps_the_frame_and_the_indentation():
-    src = 'def f(x):\n    """Doc."""\n    # BEGIN SOLUTION\n    y = 2 * x\n    return y\n    # END SOLUTION\n'
-    assert student.strip_solutions(src) == 'def f(x):\n    """Doc."""\n    raise NotImplementedError("write your solution here")\n'
-    assert student.strip_solutions("a = 1\n") == "a = 1\n"
-    with pytest.raises(ValueError, match="not closed"):
-        student.strip_solutions("# BEGIN SOLUTION\nx = 1\n")
-    with pytest.raises(ValueError, match="without"):
-        student.strip_solutions("x = 1\n# END SOLUTION\n")
+@pytest.mark.parametrize("nb", CHAPTERS, ids=lambda p: p.stem)
+def test_every_exercise_is_a_solution_cell_with_an_autograded_checker(nb):
+    pairs = student.exercises(json.loads(nb.read_text()))
+    assert len(pairs) == 2
+    for solution, check in pairs:
+        assert solution["metadata"]["nbgrader"]["solution"] and not solution["metadata"]["nbgrader"]["grade"]
+        assert check["metadata"]["nbgrader"]["grade"] and check["metadata"]["nbgrader"]["locked"]
+        assert "assert" in "".join(check["source"]) and check["metadata"]["nbgrader"]["points"] == 1
+    ids = [c["metadata"]["nbgrader"]["grade_id"] for pair in pairs for c in pair]
+    assert len(ids) == len(set(ids))
+
+
+def test_an_unmarked_solution_is_refused():
+    nb = {"cells": [{"cell_type": "code", "source": ["# BEGIN SOLUTION\n", "x = 1\n", "# END SOLUTION\n"],
+                     "metadata": {}}]}
+    with pytest.raises(ValueError, match="nbgrader solution cell"):
+        student.exercises(nb)
 
 
 def test_student_version_of_the_chapters(tmp_path):
     assert student.main([str(ROOT / "notebooks"), str(tmp_path)]) == 0
-    books = sorted(tmp_path.glob("*.ipynb"))
-    assert [p.name for p in books] == sorted(p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-    n_exercises = 0
-    for path in books:
+    released = sorted((tmp_path / "release" / student.ASSIGNMENT).glob("*.ipynb"))
+    assert [p.name for p in released] == [p.name for p in CHAPTERS]
+    for path in released:
         teacher = json.loads((ROOT / "notebooks" / path.name).read_text())
         nb = json.loads(path.read_text())
         text = "".join("".join(c["source"]) for c in nb["cells"])
         assert "BEGIN SOLUTION" not in text and "END SOLUTION" not in text
-        n_exercises += text.count(student.PLACEHOLDER)
-        assert len(nb["cells"]) == len([c for c in teacher["cells"] if "solution" not in c["metadata"].get("tags", [])])
+        assert text.count(student.PLACEHOLDER) == 2 and len(nb["cells"]) == len(teacher["cells"])
         assert sum("parameters" in c["metadata"].get("tags", []) for c in nb["cells"]) == 1   # still runs with papermill
-    assert n_exercises >= 4                                            # chapters 1 and 2: two each
+        assert not any("hide-input" in c["metadata"].get("tags", []) for c in nb["cells"] if c["cell_type"] == "code"
+                       and student.PLACEHOLDER in "".join(c["source"]))
+        assert all(not c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code")
+
+
+def test_autograde_gives_the_solutions_every_point_and_the_student_copy_none(tmp_path):
+    """Chapter 1 on the smoke profile, graded twice by nbgrader: the teacher's copy (the solutions
+    filled in) and the released copy as a student receives it (nothing filled in)."""
+    chapter = tmp_path / "chapters"
+    chapter.mkdir()
+    shutil.copy(ROOT / "notebooks" / "01_arithmetic_heads.ipynb", chapter)
+    source = student.course(chapter, tmp_path / "course", dict(PROFILE="smoke", MODEL="smollm2-135m"))
+    released = student.generate(tmp_path / "course")
+    for who, copy in (("filled", source), ("empty", released)):
+        folder = tmp_path / "course" / "submitted" / who / student.ASSIGNMENT
+        folder.mkdir(parents=True)
+        for nb in copy:
+            shutil.copy(nb, folder / nb.name)
+        student.autograde(tmp_path / "course", who)
+    got = student.scores(tmp_path / "course")
+    assert got == {"filled": {"01_arithmetic_heads": 2.0}, "empty": {"01_arithmetic_heads": 0.0}}

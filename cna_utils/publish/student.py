@@ -1,84 +1,137 @@
-"""The student version of the chapters: every exercise's solution taken out, the checks kept.
+"""The student version of the chapters and their autograding, with nbgrader.
 
 Usage (what ``make student`` runs)::
 
-    python -m cna_utils.publish.student notebooks student       # writes student/NN_name.ipynb
+    python -m cna_utils.publish.student notebooks student     # the course folder student/, its release:
+                                                              # student/release/cna-book/NN_name.ipynb
+    cd student && nbgrader autograde cna-book                 # grade student/submitted/<who>/cna-book/
 
-In a chapter, a scaffolded exercise is a code cell whose solution sits between the lines
-``# BEGIN SOLUTION`` and ``# END SOLUTION`` (the book shows that cell folded), followed by a
-checker cell that compares the student's function with the library. The student version keeps
-the lines before and after the markers, replaces what is between them with
-``raise NotImplementedError("write your solution here")`` at the same indentation, removes every
-cell tagged ``solution`` (worked answers in prose) and every output.
+In a chapter, an exercise is a code cell whose solution sits between the lines ``# BEGIN
+SOLUTION`` and ``# END SOLUTION`` (the book shows that cell folded; nbgrader metadata: a solution
+cell), followed by a checker cell that compares the student's function with the library (an
+autograded test cell worth ``points``, locked). ``nbgrader generate_assignment`` replaces every
+solution with ``raise NotImplementedError("write your solution here")`` at the same indentation,
+clears the outputs and records the checker cells' checksums; the release copies show the exercise
+cells unfolded. ``nbgrader autograde`` executes a submission (the whole chapter: set the profile in
+its parameters cell, e.g. PROFILE = "smoke", for a quick grading) and scores each checker cell.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["strip_solutions", "student_notebook", "main"]
+__all__ = ["ASSIGNMENT", "PLACEHOLDER", "exercises", "course", "generate", "autograde", "scores", "main"]
 
-BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
+ASSIGNMENT = "cna-book"
 PLACEHOLDER = 'raise NotImplementedError("write your solution here")'
+CONFIG = f"""# nbgrader's settings for this course (written by `python -m cna_utils.publish.student`)
+c = get_config()  # noqa: F821
+c.CourseDirectory.root = "."
+c.ClearSolutions.code_stub = {{"python": {PLACEHOLDER!r}}}
+c.ExecutePreprocessor.timeout = 3600          # a chapter's cell may run minutes (a sweep, a LoRA run)
+c.Execute.timeout = 3600
+"""
 
 
-def strip_solutions(source: str) -> str:
-    """``source`` with every BEGIN/END SOLUTION block replaced by the placeholder."""
-    out, inside = [], False
-    for line in source.splitlines(keepends=True):
-        text = line.strip()
-        if text == BEGIN:
-            if inside:
-                raise ValueError("a '# BEGIN SOLUTION' inside another solution block")
-            inside = True
-            indent = line[:len(line) - len(line.lstrip())]
-            out.append(f"{indent}{PLACEHOLDER}\n")
-        elif text == END:
-            if not inside:
-                raise ValueError("'# END SOLUTION' without a '# BEGIN SOLUTION' before it")
-            inside = False
-        elif not inside:
-            out.append(line)
-    if inside:
-        raise ValueError("a '# BEGIN SOLUTION' block is not closed by '# END SOLUTION'")
-    return "".join(out)
-
-
-def student_notebook(nb: dict) -> dict:
-    """A copy of notebook ``nb`` (nbformat JSON) without solutions, solution cells and outputs."""
-    cells = []
-    for cell in nb["cells"]:
-        if "solution" in cell.get("metadata", {}).get("tags", []):
+def exercises(nb: dict) -> list[tuple[dict, dict]]:
+    """(solution cell, checker cell) of every exercise of a notebook (nbformat JSON); a clear error
+    when a solution cell lacks its nbgrader metadata or is not followed by an autograded checker."""
+    cells, out = nb["cells"], []
+    for i, c in enumerate(cells):
+        if c["cell_type"] != "code" or "BEGIN SOLUTION" not in "".join(c["source"]):
             continue
-        cell = json.loads(json.dumps(cell))
-        if cell["cell_type"] == "code":
-            cell["source"] = strip_solutions("".join(cell["source"])).splitlines(keepends=True)
-            cell["outputs"], cell["execution_count"] = [], None
+        meta = c.get("metadata", {}).get("nbgrader", {})
+        check = cells[i + 1] if i + 1 < len(cells) else {}
+        cmeta = check.get("metadata", {}).get("nbgrader", {})
+        if not meta.get("solution") or not (cmeta.get("grade") and cmeta.get("points")):
+            raise ValueError(f"cell {i} holds a solution: mark it an nbgrader solution cell and the cell after it an "
+                             "autograded test with points (metadata 'nbgrader')")
+        out.append((c, check))
+    return out
+
+
+def _nbgrader(root: Path, *args: str) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("nbgrader")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "nbgrader"]
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    run = subprocess.run(cmd + list(args), cwd=root, capture_output=True, text=True, env=env)   # it calls alembic
+    if run.returncode != 0:
+        raise RuntimeError(f"nbgrader {' '.join(args)} failed in {root}:\n{run.stdout[-2000:]}\n{run.stderr[-2000:]}")
+    return run
+
+
+def course(src: Path, root: Path, parameters: dict | None = None) -> list[Path]:
+    """Make ``root`` an nbgrader course whose assignment ``cna-book`` holds the chapters of ``src``
+    (``parameters``: values written into each chapter's parameters cell, e.g. {"PROFILE": "smoke"})."""
+    books = sorted(Path(src).glob("[0-9][0-9]_*.ipynb"))
+    if not books:
+        raise FileNotFoundError(f"no chapters (NN_name.ipynb) under {src}")
+    source = Path(root) / "source" / ASSIGNMENT
+    source.mkdir(parents=True, exist_ok=True)
+    (Path(root) / "nbgrader_config.py").write_text(CONFIG)
+    for path in books:
+        nb = json.loads(path.read_text())
+        exercises(nb)
+        for cell in nb["cells"]:
+            if parameters and "parameters" in cell.get("metadata", {}).get("tags", []):
+                cell["source"] = "".join(cell["source"]) + "\n" + "".join(
+                    f"{k} = {v!r}\n" for k, v in parameters.items())
+        (source / path.name).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    return sorted(source.glob("*.ipynb"))
+
+
+def generate(root: Path) -> list[Path]:
+    """``nbgrader generate_assignment``: the student copies under ``root/release/cna-book/``, their
+    exercise cells unfolded."""
+    _nbgrader(Path(root), "generate_assignment", ASSIGNMENT, "--force")
+    released = sorted((Path(root) / "release" / ASSIGNMENT).glob("*.ipynb"))
+    for path in released:
+        nb = json.loads(path.read_text())
+        for cell in nb["cells"]:
             tags = [t for t in cell.get("metadata", {}).get("tags", []) if t not in ("hide-input", "hide-cell")]
-            cell.setdefault("metadata", {})["tags"] = tags
-            if not tags:
-                del cell["metadata"]["tags"]
-        cells.append(cell)
-    return dict(nb, cells=cells)
+            if "tags" in cell.get("metadata", {}):
+                cell["metadata"]["tags"] = tags
+        path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    return released
+
+
+def autograde(root: Path, student: str) -> None:
+    """``nbgrader autograde`` of ``root/submitted/<student>/cna-book/``."""
+    _nbgrader(Path(root), "autograde", ASSIGNMENT, "--student", student, "--force")
+
+
+def scores(root: Path) -> dict[str, dict[str, float]]:
+    """{student: {notebook: score}} from the course's gradebook."""
+    from nbgrader.api import Gradebook
+    out: dict[str, dict[str, float]] = {}
+    with Gradebook(f"sqlite:///{Path(root).resolve() / 'gradebook.db'}") as gb:
+        for sub in gb.assignment_submissions(ASSIGNMENT):
+            out[sub.student.id] = {nb.name: float(nb.score) for nb in sub.notebooks}
+    return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("src", nargs="?", default="notebooks", help="folder of the chapters")
-    ap.add_argument("out", nargs="?", default="student", help="folder for the student version")
+    ap.add_argument("out", nargs="?", default="student", help="the course folder (nbgrader's root)")
     args = ap.parse_args(argv)
-    src, out = Path(args.src), Path(args.out)
-    books = sorted(src.glob("[0-9][0-9]_*.ipynb"))
-    if not books:
-        print(f"no chapters (NN_name.ipynb) under {src}", file=sys.stderr)
+    try:
+        course(Path(args.src), Path(args.out))
+    except FileNotFoundError as err:
+        print(err, file=sys.stderr)
         return 2
-    out.mkdir(parents=True, exist_ok=True)
-    for path in books:
-        nb = student_notebook(json.loads(path.read_text()))
-        (out / path.name).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
-    print(f"{len(books)} student notebooks written to {out}")
+    released = generate(Path(args.out))
+    for path in released:                 # the student notebooks also at the top of the folder
+        shutil.copy(path, Path(args.out) / path.name)
+    sources = sorted((Path(args.out) / "source" / ASSIGNMENT).glob("*.ipynb"))
+    n = sum(len(exercises(json.loads(p.read_text()))) for p in sources)
+    print(f"{len(released)} student notebooks ({n} exercises) in {Path(args.out) / 'release' / ASSIGNMENT}; "
+          f"grade submissions with `cd {args.out} && nbgrader autograde {ASSIGNMENT}`")
     return 0
 
 
