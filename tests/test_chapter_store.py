@@ -71,11 +71,13 @@ def test_the_key_follows_parameters_and_earlier_results(tmp_path):
     base = chapter_key(nb, dict(PROFILE="smoke", MODEL="m", RESULTS_DIR="/a"), res)
     assert chapter_key(nb, dict(PROFILE="smoke", MODEL="m", RESULTS_DIR="/elsewhere"), res) == base
     assert chapter_key(nb, dict(PROFILE="book", MODEL="m"), res)["parameters"] != base["parameters"]
-    (res / "02_cna.json").write_text(json.dumps(dict(x=1, run=dict(date="today", seconds=3.0))))
+    (res / "02_cna.json").write_text(json.dumps(dict(x=0.40625, run=dict(date="today", seconds=3.0))))
     first = chapter_key(nb, dict(PROFILE="smoke", MODEL="m"), res)
     assert first["reads"] != base["reads"]
-    (res / "02_cna.json").write_text(json.dumps(dict(x=1, run=dict(date="tomorrow", seconds=9.0))))
+    (res / "02_cna.json").write_text(json.dumps(dict(x=0.40625, run=dict(date="tomorrow", seconds=9.0))))
     assert chapter_key(nb, dict(PROFILE="smoke", MODEL="m"), res)["reads"] == first["reads"]   # re-rendered only
+    (res / "02_cna.json").write_text(json.dumps(dict(x=0.40625000000000006, run=dict(date="later"))))
+    assert chapter_key(nb, dict(PROFILE="smoke", MODEL="m"), res)["reads"] == first["reads"]   # the last bit only
     (res / "02_cna.json").write_text(json.dumps(dict(x=2)))
     assert chapter_key(nb, dict(PROFILE="smoke", MODEL="m"), res)["reads"] != first["reads"]
     (res / "04_later.json").write_text("{}")                                   # a later chapter is not read

@@ -20,8 +20,9 @@ What a chapter depends on (its key; every part a SHA-256):
   name or path only (``make book FORCE=1`` after changing its files).
 * ``packages``: the versions of torch, transformers, peft and papermill.
 * ``reads``: the results files of the earlier chapters in its results folder (a division chapter
-  also reads the main ones), their volatile keys (dates, seconds) left out: chapter 3 runs again
-  when chapter 2's numbers change, not when chapter 2 was only re-rendered.
+  also reads the main ones), their volatile keys (dates, seconds) left out and their numbers read
+  to 10 significant digits: chapter 3 runs again when chapter 2's numbers change, not when chapter 2
+  was only re-rendered or read a cached unit back with its last bit rounded otherwise.
 
 The store is a folder outside the work tree (like the weights), so a fresh clone on the same
 machine reuses it: ``entries/<key>/`` holds the executed notebook (before the page is finished)
@@ -120,6 +121,8 @@ def _stripped(x):
         return {k: _stripped(v) for k, v in x.items() if k not in VOLATILE}
     if isinstance(x, list):
         return [_stripped(v) for v in x]
+    if isinstance(x, float):              # 10 significant digits: a cached unit read back is the same number
+        return float(f"{x:.10g}")
     return x
 
 
