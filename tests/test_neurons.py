@@ -480,15 +480,19 @@ def test_one_artefact_key_covers_the_weights_an_adapter_and_the_parts(tmp_path):
     from cna_utils.measure import lora
     from cna_utils.store.cache import artefact_key, artefact_path, load_or_compute
     model = make_model("qwen2")
-    key = artefact_key(model, "1_2", [[1, 2, 3]])
-    assert key == artefact_key(model, "1_2", [[1, 2, 3]]) != artefact_key(model, "1_2", [[1, 2, 4]])
+    code = "cna_utils.paper.study"
+    key = artefact_key(model, "1_2", [[1, 2, 3]], code=code)
+    assert key == artefact_key(model, "1_2", [[1, 2, 3]], code=code) != artefact_key(model, "1_2", [[1, 2, 4]], code=code)
+    assert artefact_key(model, "1_2", [[1, 2, 3]], code="cna_utils.measure.sweep") != key    # other code, other key
     wrapped = get_peft_model(copy.deepcopy(model), lora.lora_config(model, 1))     # same base weights + an adapter
-    assert artefact_key(wrapped, "1_2", [[1, 2, 3]]) != key
+    assert artefact_key(wrapped, "1_2", [[1, 2, 3]], code=code) != key
     calls = []
-    path = artefact_path(tmp_path, "x", model, torch.arange(3))
+    path = artefact_path(tmp_path, "x", model, torch.arange(3), code=code)
     assert load_or_compute(path, lambda: calls.append(1) or {"v": 1}) == {"v": 1}
     assert load_or_compute(path, lambda: calls.append(1) or {"v": 2}) == {"v": 1} and calls == [1]
-    assert artefact_path(None, "x", model) is None and not list(tmp_path.glob("*.tmp"))
+    assert artefact_path(None, "x", model, code=code) is None and not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(ValueError, match="__name__"):
+        artefact_key(model, "1_2", code="__main__")
 
 
 def test_hidden_interpretable_cache_is_keyed_by_the_weights(tmp_path):

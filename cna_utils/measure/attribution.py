@@ -96,7 +96,7 @@ def attribution_patching_cases(model, tokenizer, cases, heads=None, method: str 
     base = {"gold_logprob": torch.zeros(n), "margin": torch.zeros(n)}
     chunks = length_batches(cases, batch_size)
     path = artefact_path(cache_dir, "atp", model, method, str(next(model.parameters()).dtype), heads,
-                         [[c.prompt_ids, c.answer_ids] for c in cases], means, batch_size)
+                         [[c.prompt_ids, c.answer_ids] for c in cases], means, batch_size, code=__name__)
     done: set[int] = set()
     if path is not None and path.exists():
         saved = torch.load(path)

@@ -169,7 +169,7 @@ def hidden_interpretable(model, mask: torch.Tensor, ffn_layers, attn_layers, k: 
     call with the same weights, layers, k and concept mask loads it (it depends on no case);
     ``run.progress``: a progress bar."""
     path = artefact_path(run.cache_dir, "hidden", model, sorted(set(ffn_layers)), sorted(set(attn_layers)), k, above_only,
-                         mask, suffix=".pkl")
+                         mask, suffix=".pkl", code=__name__)
     return load_or_compute(path, lambda: _hidden_interpretable(model, mask, ffn_layers, attn_layers, k, chunk,
                                                                above_only, run.progress),
                            save=lambda df, f: df.to_pickle(f), load=pd.read_pickle)

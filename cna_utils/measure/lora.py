@@ -205,7 +205,7 @@ def template_choice(model, tokenizer, sizes: Splits = Splits(), templates=(1, 2,
                              negative=float(neg.answer_correct.mean()) if len(neg) else float("nan"), why_not=""))
         return pd.DataFrame(rows)
     path = artefact_path(cache_dir, "lora-templates", model, sizes.ops, sizes.n_train, sizes.n_val, sizes.n_test,
-                         sizes.seed, list(templates), n_choose, suffix=".json")
+                         sizes.seed, list(templates), n_choose, suffix=".json", code=__name__)
     table = load_or_compute(path, measure, save=lambda df, p: df.to_json(p, orient="records"),
                             load=lambda p: pd.read_json(p, orient="records"))
     usable = table[table.n > 0]
@@ -303,7 +303,7 @@ def run_key(model, cases_lists, **hyper) -> str:
     """The cache key of a LoRA run (``cache.artefact_key``): the weights it starts from (a pruned or
     edited model under the same name gets another key), the data and the hyper-parameters."""
     return artefact_key(model, sorted(hyper.items()),
-                        [[list(c.prompt_ids) + list(c.answer_ids) for c in cs] for cs in cases_lists], length=12)
+                        [[list(c.prompt_ids) + list(c.answer_ids) for c in cs] for cs in cases_lists], length=12, code=__name__)
 
 
 def train_cached(model, tokenizer, layer: int, data, lr: float, cache_dir, tag: str = "",

@@ -42,7 +42,7 @@ SWEEP_RUN = dict(batch_size=32, rows_per_forward=512, min_rows=64)
 def _fingerprint(model, cases, method, means) -> str:
     """Identifies a sweep's inputs (``cache.artefact_key``): the weights, the cases, the method and means."""
     return artefact_key(model, str(spec(model)), method, str(next(model.parameters()).dtype),
-                        [[c.prompt_ids, c.answer_ids] for c in cases], means if means is not None else None)
+                        [[c.prompt_ids, c.answer_ids] for c in cases], means if means is not None else None, code=__name__)
 
 
 def head_sweep(model, tokenizer, cases, heads=None, by=("op",), **options) -> pd.DataFrame:

@@ -101,7 +101,8 @@ def cna_cases(model, tokenizer, cases, head, cache_dir=None, progress: bool = Fa
     ``imp_ori``, ``imp_inv``, ``coef_ori``, ``coef_inv``."""
     (hl, hh), = parse_heads(model, [head])
     name = head_name(hl, hh)
-    path = artefact_path(cache_dir, "cna", model, name, [list(c.prompt_ids) + [c.answer_ids[0]] for c in cases])
+    path = artefact_path(cache_dir, "cna", model, name, [list(c.prompt_ids) + [c.answer_ids[0]] for c in cases],
+                         code=__name__)
 
     def compute() -> dict:
         # Below the head's layer both models have the same residual stream and coefficients at every

@@ -40,6 +40,8 @@ import shutil
 from importlib import metadata
 from pathlib import Path
 
+from cna_utils.store.code import imported_modules, module_files
+
 __all__ = ["ChapterStore", "chapter_key", "library_files", "default_store", "PACKAGES"]
 
 PACKAGE = Path(__file__).resolve().parents[1]          # cna_utils/
@@ -55,28 +57,6 @@ def _sha(data: bytes | str) -> str:
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
 
 
-def _imports(tree: ast.AST, here: str | None = None) -> set[str]:
-    """The ``cna_utils`` modules a syntax tree imports (``from cna_utils.x import y`` names y too:
-    it may be a module)."""
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.split(".")[0] == "cna_utils"}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "cna_utils":
-            found.add(node.module)
-            found |= {f"{node.module}.{a.name}" for a in node.names}
-    return found
-
-
-def _module_file(name: str, package: Path) -> Path | None:
-    parts = name.split(".")[1:]
-    base = package.joinpath(*parts)
-    for p in (base.with_suffix(".py"), base / "__init__.py"):
-        if p.is_file():
-            return p
-    return None
-
-
 def _notebook_code(nb_path: Path) -> list[dict]:
     cells = json.loads(Path(nb_path).read_text())["cells"]
     return [dict(source="".join(c["source"]), tags=sorted(c.get("metadata", {}).get("tags", [])))
@@ -85,26 +65,14 @@ def _notebook_code(nb_path: Path) -> list[dict]:
 
 def library_files(nb_path: Path, package: Path = PACKAGE) -> list[Path]:
     """The files of ``package`` a notebook's execution reads: the modules it imports, the modules
-    they import (and each package's ``__init__``), and the ``*.yaml`` beside each module."""
-    todo: set[str] = set()
+    they import (``code.module_files``), and the ``*.yaml`` beside each module."""
+    names: set[str] = set()
     for cell in _notebook_code(nb_path):              # shell and magic lines (!pip, %matplotlib) read as pass
         lines = [re.sub(r"^(\s*)[!%].*", r"\1pass", line) for line in cell["source"].splitlines()]
-        todo |= _imports(ast.parse("\n".join(lines)))
-    seen: set[str] = set()
-    files: set[Path] = set()
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        parts = name.split(".")
-        todo |= {".".join(parts[:i]) for i in range(1, len(parts))} - seen     # parent packages run first
-        f = _module_file(name, package)
-        if f is None:
-            continue
-        files.add(f)
+        names |= imported_modules(ast.parse("\n".join(lines)))
+    files = set(module_files(names, package))
+    for f in list(files):
         files |= set(f.parent.glob("*.yaml"))
-        todo |= _imports(ast.parse(f.read_text())) - seen
     return sorted(files)
 
 
