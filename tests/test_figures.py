@@ -60,3 +60,58 @@ def test_accuracies_carry_their_wilson_intervals():
     assert segment[0][1] == pytest.approx(100 * lo) and segment[1][1] == pytest.approx(100 * hi)
     assert not [c for c in accuracy_by_layer(frame, [0.1, 0.2]).axes[0].containers
                 if isinstance(c, ErrorbarContainer) and c.has_yerr]
+
+
+def _band_heights(ax):
+    """(min y, max y) of each filled band on ``ax``."""
+    from matplotlib.collections import PolyCollection
+    return [(p.get_paths()[0].vertices[:, 1].min(), p.get_paths()[0].vertices[:, 1].max())
+            for p in ax.collections if isinstance(p, PolyCollection)]
+
+
+def test_the_zero_shot_curve_draws_paired_intervals_that_vanish_without_an_effect():
+    import numpy as np
+    from cna_utils.paper.measures import zero_shot_bands
+    from cna_utils.publish.plots import zero_shot_curve
+    rng = np.random.default_rng(0)
+    base = rng.random(80) < 0.6
+    hit = base & (rng.random(80) < 0.5)                         # the chosen set costs about half the answers
+    t8 = pd.DataFrame({f"M={m}": {"number": 10 - m, "accuracy_decrease": 100 * (1 - hit.sum() / base.sum()),
+                                  "random_decrease": 0.0} for m in range(2)})
+    t8.attrs["per_case"] = {"base": base.tolist(),
+                            **{m: {"chosen": hit.tolist(), "random": [base.tolist()]} for m in range(2)}}
+    bands = zero_shot_bands(t8, thresholds=range(2))
+    assert (bands.chosen_lo < t8.loc["accuracy_decrease"]).all() and (t8.loc["accuracy_decrease"] < bands.chosen_hi).all()
+    assert (bands.chosen_lo > 20).all()                         # about 50% with n = 80: far from zero
+    assert (bands.random_lo == 0).all() and (bands.random_hi == 0).all()     # no effect: no width
+    paper8 = pd.DataFrame({"M=0": {"accuracy_decrease": 30.0}, "M=1": {"accuracy_decrease": 20.0}})
+    fig = zero_shot_curve(t8, paper8, thresholds=range(2), bands=bands)
+    heights = _band_heights(fig.axes[0])
+    assert len(heights) == 2 and heights[0] == pytest.approx((bands.chosen_lo.min(), bands.chosen_hi.max()))
+    assert not _band_heights(zero_shot_curve(t8, paper8, thresholds=range(2)).axes[0])
+
+
+def test_the_bias_curves_carry_intervals_over_professions():
+    import numpy as np
+    from cna_utils.paper.measures import bias_bands
+    from cna_utils.publish.plots import bias_by_k
+    rng = np.random.default_rng(1)
+    profs = [("woman", f"w{i}") for i in range(6)] + [("man", f"m{i}") for i in range(6)]
+
+    def scores(shift):
+        rows = [dict(group=g, profession=p, template=t, bias=1.0 + shift + rng.normal(0, 0.3))
+                for g, p in profs for t in ("a", "b")]
+        return {k: [r[k] for r in rows] for k in rows[0]}
+    sc = {"original": scores(0.0), "top-2": scores(-0.8), "random-2 #0": scores(0.0), "random-2 #1": scores(0.0)}
+    sets = {"both": ["a", "b"], "a only": ["a"]}
+    bands = bias_bands(sc, sets)
+    assert list(bands.index) == ["original", "top-2", "random-2 (mean of 2)"]
+    total = lambda name, ps: float(pd.DataFrame(sc[name]).loc[lambda f: f.template.isin(sets[ps])].bias.mean())
+    t13 = pd.DataFrame({(ps, "total"): {name: total(name, ps) for name in ["original", "top-2"]} for ps in sets})
+    t13.loc["random-2 (mean of 2)"] = [np.mean([total(n, ps) for n in ("random-2 #0", "random-2 #1")]) for ps in sets]
+    for ps in sets:
+        for row in bands.index:
+            assert bands.loc[row, (ps, "lo")] <= t13.loc[row, (ps, "total")] <= bands.loc[row, (ps, "hi")]
+    assert bands.loc["top-2", ("both", "hi")] < bands.loc["original", ("both", "lo")]    # the edit's cut is resolved
+    fig = bias_by_k(t13, sets, [2], lambda k: f"random-{k} (mean of 2)", bands=bands)
+    assert all(len(_band_heights(ax)) == 2 for ax in fig.axes)

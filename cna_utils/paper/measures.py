@@ -21,7 +21,7 @@ from cna_utils.measure.neurons import coef_decrease
 from cna_utils.measure.stats import bootstrap, mean, Measure, proportion, relative_drop
 
 __all__ = ["OPS", "AGREE_K", "MIN_DECREASE", "head_matrix", "heads", "cna", "pe_dag", "hidden", "lora", "pruning",
-           "bias", "as_dicts"]
+           "bias", "as_dicts", "zero_shot_bands", "bias_bands"]
 
 OPS = {s: o.short for s, o in OPERATIONS.items()}
 # Tables 24-27: the top-k within which the paper's own tables show one head shared by 1, 2 and 3 digits
@@ -282,6 +282,53 @@ def _cut(before: np.ndarray, after: np.ndarray):
         b = before[idx].mean(-1)
         return np.where(b != 0, 100 * (1 - after[idx].mean(-1) / np.where(b != 0, b, 1)), 0.0)
     return stat
+
+
+def zero_shot_bands(t8: pd.DataFrame, thresholds=range(4)) -> pd.DataFrame:
+    """95% bootstrap intervals (over cases, paired) of Table 8's decreases for each M: the chosen set's
+    relative decrease and the random sets' mean one. Index ``M=<m>``; columns ``chosen_lo``,
+    ``chosen_hi``, ``random_lo``, ``random_hi`` (%)."""
+    pc = t8.attrs["per_case"]
+    base = np.asarray(pc["base"], float)
+    rows = {}
+    for M in thresholds:
+        chosen, rand = np.asarray(pc[M]["chosen"], float), [np.asarray(r, float) for r in pc[M]["random"]]
+        lo, hi = relative_drop(base, chosen).interval
+        row = dict(chosen_lo=lo, chosen_hi=hi, random_lo=float("nan"), random_hi=float("nan"))
+        if rand:
+            def mean_rel(idx, rand=rand):
+                mb = base[idx].mean(-1)
+                return np.mean([np.where(mb > 0, 100 * (mb - r[idx].mean(-1)) / np.where(mb > 0, mb, 1), 0)
+                                for r in rand], axis=0)
+            row["random_lo"], row["random_hi"] = bootstrap(len(base), mean_rel, vectorized=True).interval
+        rows[f"M={M}"] = row
+    return pd.DataFrame(rows).T
+
+
+def bias_bands(scores: dict, prompt_sets: dict) -> pd.DataFrame:
+    """95% bootstrap intervals (over professions) of Table 13's total bias (nats) after each edit of
+    ``edit_table(...).attrs["scores"]``, per prompt set; the random sets of one k pooled as their mean
+    (rows named as ``edit_table`` names them). Columns (prompt set, "lo" / "hi")."""
+    frames = {name: pd.DataFrame(f) for name, f in scores.items()}
+    per = {}
+    for name, f in frames.items():
+        for pname, ps in prompt_sets.items():
+            per[name, pname] = f[f.template.isin(ps)].groupby(["group", "profession"], sort=True).bias.mean()
+    names = [n for n in frames if not n.startswith("random-")]
+    draws = {}
+    for n in frames:
+        if n.startswith("random-"):
+            draws.setdefault(n.split(" ")[0], []).append(n)
+    rows = {}
+    for label, members in [(n, [n]) for n in names] + [(f"{k} (mean of {len(m)})", m) for k, m in draws.items()]:
+        row = {}
+        for pname in prompt_sets:
+            x = np.mean([per[m, pname].to_numpy() for m in members], axis=0)
+            row[pname, "lo"], row[pname, "hi"] = mean(x, unit=" nats").interval
+        rows[label] = row
+    out = pd.DataFrame(rows).T
+    out.columns = pd.MultiIndex.from_tuples(out.columns)
+    return out
 
 
 def bias(before: pd.DataFrame, edits: dict, prompts, held_out, k: int, top_tokens: list[str], occupations,

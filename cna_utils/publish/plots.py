@@ -264,14 +264,20 @@ def mask_keep_lines(curve: pd.DataFrame, n_deep: int, n: int | None = None):
     return fig
 
 
-def zero_shot_curve(t8: pd.DataFrame, paper8: pd.DataFrame, thresholds=range(4)):
+def zero_shot_curve(t8: pd.DataFrame, paper8: pd.DataFrame, thresholds=range(4), bands: pd.DataFrame | None = None):
     """Table 8 as a curve over M: this run's hidden-interpretable set, random sets of the same size
-    and the paper's numbers; each point labelled with its set size."""
+    and the paper's numbers; each point labelled with its set size. ``bands``
+    (``paper.measures.zero_shot_bands``): each of this run's curves carries its 95% interval."""
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     xs = list(thresholds)
     ours = t8[[f"M={m}" for m in xs]]
-    ax.plot(xs, ours.loc["accuracy_decrease"], "o-", label="hidden-interpretable set")
-    ax.plot(xs, ours.loc["random_decrease"], "s--", label="random set, same size")
+    for row, part, fmt, label in [("accuracy_decrease", "chosen", "o-", "hidden-interpretable set"),
+                                  ("random_decrease", "random", "s--", "random set, same size")]:
+        line, = ax.plot(xs, ours.loc[row], fmt, label=label)
+        if bands is not None:
+            b = bands.loc[[f"M={m}" for m in xs]]
+            ax.fill_between(xs, b[f"{part}_lo"].astype(float), b[f"{part}_hi"].astype(float),
+                            color=line.get_color(), alpha=0.15, lw=0)
     ax.plot(xs, paper8.loc["accuracy_decrease"], "^:", color="gray", label="paper (Llama-7B)")
     for x, n in zip(xs, ours.loc["number"]):
         ax.annotate(f"{int(n):,}", (x, ours.loc["accuracy_decrease"].iloc[x]), fontsize=7, xytext=(3, 3),
@@ -279,7 +285,8 @@ def zero_shot_curve(t8: pd.DataFrame, paper8: pd.DataFrame, thresholds=range(4))
     ax.set_xticks(xs, [f"M={m}" for m in xs])
     ax.set_ylabel("accuracy decrease (%)")
     ax.legend(fontsize=7)
-    ax.set_title("Zeroing hidden-interpretable shallow neurons (labels: set size)")
+    ax.set_title("Zeroing hidden-interpretable shallow neurons (labels: set size"
+                 + ("; bands: 95% intervals)" if bands is not None else ")"))
     fig.tight_layout()
     return fig
 
@@ -301,19 +308,22 @@ def pruning_bars(t11: pd.DataFrame, kept: dict, d_mlp: int, n: int | None = None
     return fig
 
 
-def bias_by_k(t13: pd.DataFrame, prompt_sets, ks, random_label):
+def bias_by_k(t13: pd.DataFrame, prompt_sets, ks, random_label, bands: pd.DataFrame | None = None):
     """The total gender bias of each prompt set against the number of neurons zeroed: the top-k CNA
-    neurons and k random ones (``random_label(k)`` names the random rows of ``t13``)."""
+    neurons and k random ones (``random_label(k)`` names the random rows of ``t13``). ``bands``
+    (``paper.measures.bias_bands``): each curve carries its 95% interval over professions."""
     fig, axes = plt.subplots(1, len(prompt_sets), figsize=(11, 3.2), sharey=True)
     for ax, pname in zip(axes, prompt_sets):
-        orig = t13.loc["original", (pname, "total")]
-        ax.plot([0] + ks, [orig] + [t13.loc[f"top-{k}", (pname, "total")] for k in ks], marker="o",
-                label="top-k CNA neurons")
-        ax.plot([0] + ks, [orig] + [t13.loc[random_label(k), (pname, "total")] for k in ks], marker="s", ls="--",
-                label="k random neurons")
+        for rows, style, label in [(["original"] + [f"top-{k}" for k in ks], dict(marker="o"), "top-k CNA neurons"),
+                                   (["original"] + [random_label(k) for k in ks], dict(marker="s", ls="--"),
+                                    "k random neurons")]:
+            line, = ax.plot([0] + ks, [t13.loc[r, (pname, "total")] for r in rows], label=label, **style)
+            if bands is not None:
+                ax.fill_between([0] + ks, [bands.loc[r, (pname, "lo")] for r in rows],
+                                [bands.loc[r, (pname, "hi")] for r in rows], color=line.get_color(), alpha=0.15, lw=0)
         ax.set_title(pname)
         ax.set_xlabel("neurons zeroed")
-    axes[0].set_ylabel("total bias (nats)")
+    axes[0].set_ylabel("total bias (nats)" + (", 95% bands" if bands is not None else ""))
     axes[0].legend(frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
