@@ -115,3 +115,29 @@ def test_the_bias_curves_carry_intervals_over_professions():
     assert bands.loc["top-2", ("both", "hi")] < bands.loc["original", ("both", "lo")]    # the edit's cut is resolved
     fig = bias_by_k(t13, sets, [2], lambda k: f"random-{k} (mean of 2)", bands=bands)
     assert all(len(_band_heights(ax)) == 2 for ax in fig.axes)
+
+
+def test_head_drops_carry_paired_intervals_and_the_scatter_draws_them():
+    import numpy as np
+    from matplotlib.container import ErrorbarContainer
+    from cna_utils.paper.measures import drop_bands
+    from cna_utils.publish.plots import zero_vs_mean
+    rng = np.random.default_rng(2)
+    n = 120
+    base = rng.random(n) < 0.7
+    ablated = {(3, 1): base & (rng.random(n) < 0.4), (3, 2): base.copy()}        # a strong head, a head with no effect
+    long = pd.DataFrame([dict(layer=l, head=h, case=i, op="+-*/"[i % 4], first_correct=bool(a[i]),
+                              base_first_correct=bool(base[i])) for (l, h), a in ablated.items() for i in range(n)])
+    b = drop_bands(long, ["3_1", "3_2"])
+    assert b.loc["3_1", "drop"] == pytest.approx(100 * (base.mean() - ablated[3, 1].mean()))
+    assert 20 < b.loc["3_1", "lo"] < b.loc["3_1", "drop"] < b.loc["3_1", "hi"]
+    assert b.loc["3_2", ["drop", "lo", "hi"]].tolist() == [0, 0, 0]                # paired: no effect, no width
+    with pytest.raises(KeyError, match="sweep them"):
+        drop_bands(long, ["9_9"])
+    zm = pd.DataFrame({"head": list(b.index), "zero drop": b["drop"], "zero drop lo": b.lo, "zero drop hi": b.hi,
+                       "mean drop": b["drop"] / 2, "mean drop lo": b.lo / 2, "mean drop hi": b.hi / 2})
+    bars = [c for c in zero_vs_mean(zm).axes[0].containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 1 and bars[0].has_xerr and bars[0].has_yerr
+    plain = [c for c in zero_vs_mean(zm[["head", "zero drop", "mean drop"]]).axes[0].containers
+             if isinstance(c, ErrorbarContainer)]
+    assert not (plain[0].has_xerr or plain[0].has_yerr)

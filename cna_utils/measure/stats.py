@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-__all__ = ["Measure", "wilson", "proportion", "mean", "bootstrap", "relative_drop", "Z95", "RESAMPLES", "SEED"]
+__all__ = ["Measure", "wilson", "proportion", "mean", "bootstrap", "relative_drop", "resample_indices", "Z95", "RESAMPLES", "SEED"]
 
 Z95 = 1.959963984540054
 RESAMPLES = 2000
@@ -83,7 +83,7 @@ def proportion(hits, n: int | None = None, unit: str = "%") -> Measure:
     return Measure(100 * k / n if n else float("nan"), n, (100 * lo, 100 * hi), "wilson", unit)
 
 
-def _indices(n: int, resamples: int, seed: int, strata=None) -> np.ndarray:
+def resample_indices(n: int, resamples: int, seed: int, strata=None) -> np.ndarray:
     """[resamples, n] case indices drawn with replacement (within each stratum when given)."""
     gen = np.random.default_rng(seed)
     if strata is None:
@@ -107,7 +107,7 @@ def bootstrap(n: int, stat, strata=None, resamples: int = RESAMPLES, seed: int =
         raise ValueError("no cases to resample: a measure needs at least one case")
     base = np.arange(n)
     value = float(stat(base[None])[0]) if vectorized else float(stat(base))
-    idx = _indices(n, resamples, seed, strata)
+    idx = resample_indices(n, resamples, seed, strata)
     draws = np.asarray(stat(idx), dtype=float) if vectorized else np.array([stat(i) for i in idx], dtype=float)
     draws = draws[~np.isnan(draws)]
     if not len(draws):

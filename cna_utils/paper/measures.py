@@ -18,10 +18,11 @@ import torch
 
 from cna_utils.data.arithmetic import OPERATIONS
 from cna_utils.measure.neurons import coef_decrease
-from cna_utils.measure.stats import bootstrap, mean, Measure, proportion, relative_drop
+from cna_utils.measure.stats import (bootstrap, mean, Measure, proportion, relative_drop, resample_indices,
+                                     RESAMPLES, SEED)
 
 __all__ = ["OPS", "AGREE_K", "MIN_DECREASE", "head_matrix", "heads", "cna", "pe_dag", "hidden", "lora", "pruning",
-           "bias", "as_dicts", "zero_shot_bands", "bias_bands"]
+           "bias", "as_dicts", "zero_shot_bands", "bias_bands", "drop_bands"]
 
 OPS = {s: o.short for s, o in OPERATIONS.items()}
 # Tables 24-27: the top-k within which the paper's own tables show one head shared by 1, 2 and 3 digits
@@ -54,6 +55,22 @@ def _means(idx, X):
     W = np.zeros((idx.shape[0], X.shape[0]))
     np.add.at(W, (np.repeat(np.arange(idx.shape[0]), idx.shape[1]), idx.ravel()), 1.0)
     return W @ X / idx.shape[1]
+
+
+def drop_bands(long: pd.DataFrame, heads, metric: str = "first_correct", scale: float = 100.0) -> pd.DataFrame:
+    """Each head's drop (base minus ablated mean of ``metric`` over a sweep's long frame, times
+    ``scale``: points for accuracy) with its 95% bootstrap interval over the cases, paired and
+    resampled within each operation. Index ``heads`` ("layer_head"); columns drop, lo, hi."""
+    names, info, base, abl = head_matrix(long, metric)
+    missing = [h for h in heads if h not in names]
+    if missing:
+        raise KeyError(f"heads {missing} are not in this sweep: sweep them first")
+    X = abl[:, [names.index(h) for h in heads]]
+    idx = resample_indices(len(base), RESAMPLES, SEED, info.op.to_numpy())
+    draws = scale * (_means(idx, base)[:, None] - _means(idx, X))
+    value = scale * (base.mean() - X.mean(0))
+    lo, hi = np.percentile(draws, [2.5, 97.5], axis=0)
+    return pd.DataFrame(dict(drop=value, lo=np.minimum(lo, value), hi=np.maximum(hi, value)), index=list(heads))
 
 
 def _rel(base_mean, abl_mean):

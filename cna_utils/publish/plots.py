@@ -17,9 +17,12 @@ __all__ = ["zero_vs_mean", "neuron_layers", "score_vs_effect", "drawable", "pe_d
 
 
 def zero_vs_mean(frame: pd.DataFrame, x: str = "zero drop", y: str = "mean drop", label: str = "head"):
-    """Scatter of the drop under zero ablation against mean ablation, one point per head."""
+    """Scatter of the drop under zero ablation against mean ablation, one point per head; with
+    columns "<x> lo", "<x> hi" (and the same for ``y``) each point carries its 95% interval."""
     fig, ax = plt.subplots(figsize=(4.5, 4))
-    ax.scatter(frame[x], frame[y])
+    err = lambda c: (np.vstack([frame[c] - frame[f"{c} lo"], frame[f"{c} hi"] - frame[c]])
+                     if f"{c} lo" in frame else None)
+    ax.errorbar(frame[x], frame[y], xerr=err(x), yerr=err(y), fmt="o", capsize=2, elinewidth=0.8)
     for _, r in frame.iterrows():
         ax.annotate(r[label], (r[x], r[y]), fontsize=7, xytext=(2, 2), textcoords="offset points")
     lo = min(frame[x].min(), frame[y].min(), 0)
