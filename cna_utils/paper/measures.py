@@ -330,7 +330,7 @@ def bias_bands(scores: dict, prompt_sets: dict) -> pd.DataFrame:
     per = {}
     for name, f in frames.items():
         for pname, ps in prompt_sets.items():
-            per[name, pname] = f[f.template.isin(ps)].groupby(["group", "profession"], sort=True).bias.mean()
+            per[name, pname] = _per_profession(f, ps)
     names = [n for n in frames if not n.startswith("random-")]
     draws = {}
     for n in frames:
@@ -348,26 +348,27 @@ def bias_bands(scores: dict, prompt_sets: dict) -> pd.DataFrame:
     return out
 
 
+def _per_profession(frame: pd.DataFrame, prompts) -> pd.Series:
+    """The mean bias of each (group, profession) over the ``prompts`` of a ``bias_scores`` frame."""
+    return frame[frame.template.isin(prompts)].groupby(["group", "profession"], sort=True).bias.mean()
+
+
 def bias(before: pd.DataFrame, edits: dict, prompts, held_out, k: int, top_tokens: list[str], occupations,
          shared: int) -> dict:
     """Chapter 7: the mean bias (nats) over prompts and professions and the top-``k`` edit's cut (%) on the
     eight prompts and on held-out prompts, and the cut minus the random sets' mean cut, resampled over
     professions (``bias_scores`` frames: ``before``, ``edits`` = ``edit_table(...).attrs["scores"]``); Table 12's share of
     neurons with a profession among their top tokens (Wilson); Table 23's shared professions."""
-    def per_prof(frame, ps):
-        f = frame[frame.template.isin(ps)]
-        return f.groupby(["group", "profession"], sort=True).bias.mean()
-
     before, edits = pd.DataFrame(before), {name: pd.DataFrame(f) for name, f in edits.items()}
-    b8 = per_prof(before, prompts)
+    b8 = _per_profession(before, prompts)
     out = {"mean_bias": mean(b8.to_numpy(), unit=" nats")}
     top = edits[f"top-{k}"]
-    e8 = per_prof(top, prompts).reindex(b8.index).to_numpy()
+    e8 = _per_profession(top, prompts).reindex(b8.index).to_numpy()
     out["bias_cut"] = bootstrap(len(b8), _cut(b8.to_numpy(), e8), unit="%", vectorized=True)
-    bh = per_prof(before, held_out)
-    eh = per_prof(top, held_out).reindex(bh.index).to_numpy()
+    bh = _per_profession(before, held_out)
+    eh = _per_profession(top, held_out).reindex(bh.index).to_numpy()
     out["bias_cut_held_out"] = bootstrap(len(bh), _cut(bh.to_numpy(), eh), unit="%", vectorized=True)
-    rand = [per_prof(f, prompts).reindex(b8.index).to_numpy() for name, f in edits.items()
+    rand = [_per_profession(f, prompts).reindex(b8.index).to_numpy() for name, f in edits.items()
             if name.startswith(f"random-{k} ")]
     if rand:
         cut_top = _cut(b8.to_numpy(), e8)
